@@ -1,0 +1,54 @@
+# ktsink — Kafka to TimescaleDB connector.
+#
+#   make test           bring up PostgreSQL 15 and Apache Kafka (KRaft), run every
+#                       test with integration tests required, take down what it started
+#   make unit           go test ./... (integration tests skip without their services)
+#   make build          bin/connector
+#   make lint           gofmt and go vet
+#   make services-up    start (or reuse) PostgreSQL and Kafka for working by hand
+#   make services-down  stop what services-up started
+#
+# Ports and addresses can be overridden: make test PGPORT=15432 KAFKA_PORT=19092.
+# Commands that need the services run under scripts/with-services.sh.
+
+GO ?= go
+TEST_TIMEOUT ?= 40m
+PGPORT ?= 5432
+KAFKA_PORT ?= 9092
+KAFKA_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
+DATABASE_URL ?= postgres://ktsink:ktsink@127.0.0.1:$(PGPORT)/ktsink?sslmode=disable
+# Only the targets that run services see these; `make unit` stays free of them.
+SERVICES = PGPORT=$(PGPORT) KAFKA_PORT=$(KAFKA_PORT)
+
+GOFILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*')
+
+.PHONY: all build unit test lint services-up services-down clean
+
+all: build
+
+build:
+	$(GO) build -o bin/connector ./cmd/connector
+
+unit:
+	$(GO) test ./...
+
+test:
+	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
+		scripts/with-services.sh $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+lint:
+	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+services-up:
+	$(SERVICES) scripts/postgres.sh up
+	$(SERVICES) scripts/kafka.sh up
+	@$(SERVICES) scripts/postgres.sh env
+	@$(SERVICES) scripts/kafka.sh env
+
+services-down:
+	$(SERVICES) scripts/kafka.sh down
+	$(SERVICES) scripts/postgres.sh down
+
+clean:
+	rm -rf bin

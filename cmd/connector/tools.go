@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ktsink/connector/coordinator"
+	"github.com/ktsink/connector/dlq"
+	"github.com/ktsink/connector/loadgen"
+	"github.com/ktsink/connector/record"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// crashHooks are failpoints for the crash tests: KTSINK_FAILPOINT=
+// "after_wal_append:N" or "after_apply:N" kills the process with SIGKILL at
+// the Nth batch reaching that point. Unset in production.
+func crashHooks() coordinator.Hooks {
+	spec := os.Getenv("KTSINK_FAILPOINT")
+	if spec == "" {
+		return coordinator.Hooks{}
+	}
+	point, nStr, _ := strings.Cut(spec, ":")
+	n, err := strconv.ParseInt(nStr, 10, 64)
+	if err != nil || n <= 0 {
+		n = 1
+	}
+	var count atomic.Int64
+	kill := func(*record.Batch) {
+		if count.Add(1) == n {
+			fmt.Fprintf(os.Stderr, "failpoint %s reached: killing the process\n", spec)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	switch point {
+	case "after_wal_append":
+		return coordinator.Hooks{AfterWALAppend: kill}
+	case "after_apply":
+		return coordinator.Hooks{AfterApply: kill}
+	}
+	return coordinator.Hooks{}
+}
+
+func cmdDLQList(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("connector dlq ls", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("file", "data/dlq.ndjson", "dead-letter NDJSON `file`")
+	class := fs.String("class", "", "only this error class")
+	topic := fs.String("topic", "", "only this source topic")
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err}
+	}
+	letters, err := dlq.ReadFile(*file)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOPIC\tPARTITION\tOFFSET\tCLASS\tFAILED\tERROR")
+	n := 0
+	for _, l := range letters {
+		if (*class != "" && l.ErrorClass != *class) || (*topic != "" && l.Topic != *topic) {
+			continue
+		}
+		n++
+		msg := l.Error
+		if len(msg) > 100 {
+			msg = msg[:100] + "…"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", l.Topic, l.Partition, l.Offset, l.ErrorClass, l.LastFailure.Format(time.RFC3339), msg)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%d dead letters\n", n)
+	return nil
+}
+
+func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("connector loadgen", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers, comma-separated")
+	topic := fs.String("topic", "bars", "topic to produce to")
+	kind := fs.String("kind", "bars", "record kind: bars")
+	count := fs.Int64("n", 100000, "records to produce; 0 for no limit")
+	dur := fs.Duration("duration", 0, "stop after this long; 0 for no limit")
+	rate := fs.Float64("rate", 0, "records per second; 0 for as fast as possible")
+	symbols := fs.Int("symbols", 500, "distinct symbols")
+	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same records")
+	updates := fs.Float64("updates", 0, "share of records that update an earlier key, 0 to 1")
+	if err := fs.Parse(args); err != nil {
+		return &usageError{err}
+	}
+	var problems []string
+	if *brokers == "" {
+		problems = append(problems, "-brokers: required (or KAFKA_BROKERS)")
+	}
+	if *kind != "bars" {
+		problems = append(problems, fmt.Sprintf("-kind: %q is not a kind loadgen makes (bars)", *kind))
+	}
+	if *updates < 0 || *updates > 1 {
+		problems = append(problems, "-updates: must be between 0 and 1")
+	}
+	if len(problems) > 0 {
+		return &usageError{fmt.Errorf("%s", strings.Join(problems, "\n"))}
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(*brokers, ",")...),
+		kgo.ProducerBatchMaxBytes(1<<20), kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100000))
+	if err != nil {
+		return fmt.Errorf("creating producer: %w", err)
+	}
+	defer cl.Close()
+	start := time.Now()
+	n, err := loadgen.ProduceBars(ctx, cl, loadgen.NewBars(*seed, *symbols, *updates), loadgen.Options{
+		Topic: *topic, Count: *count, Duration: *dur, Rate: *rate,
+		Progress: func(sent int64) {
+			fmt.Fprintf(stderr, "loadgen: %d records, %.0f/s\n", sent, float64(sent)/time.Since(start).Seconds())
+		},
+	})
+	el := time.Since(start)
+	fmt.Fprintf(stdout, "produced %d %s records to %s in %s (%.0f records/s)\n", n, *kind, *topic, el.Round(time.Millisecond), float64(n)/el.Seconds())
+	return err
+}

@@ -1,0 +1,746 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ktsink/connector/record"
+)
+
+// world is an in-memory sink, WAL, dead-letter queue and committer that
+// checks the coordinator's invariants as it goes and records what landed.
+type world struct {
+	t  *testing.T
+	mu sync.Mutex
+
+	landed     map[record.TopicPartition]map[int64]bool
+	dead       map[record.TopicPartition]map[int64]record.ErrorClass
+	lastLanded map[record.TopicPartition]int64
+	writing    map[record.TopicPartition]bool
+	committed  map[record.TopicPartition]int64
+	events     []string
+	walState   map[uint64]string
+	nextID     uint64
+	commits    int
+	violations []string
+
+	// behaviour
+	writeDelay time.Duration
+	fail       func(b *record.Batch, attempt int) error // per call
+	attempts   map[uint64]int
+	reject     func(r *record.Record) bool
+	hold       chan struct{} // when set, Write waits on it
+	dlqFail    func() error
+}
+
+func newWorld(t *testing.T) *world {
+	return &world{
+		t: t, landed: map[record.TopicPartition]map[int64]bool{}, dead: map[record.TopicPartition]map[int64]record.ErrorClass{},
+		lastLanded: map[record.TopicPartition]int64{}, writing: map[record.TopicPartition]bool{},
+		committed: map[record.TopicPartition]int64{}, walState: map[uint64]string{}, attempts: map[uint64]int{},
+	}
+}
+
+func (w *world) violate(format string, args ...any) {
+	w.violations = append(w.violations, fmt.Sprintf(format, args...))
+}
+
+func (w *world) Append(spans []record.Span, records int) (uint64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.nextID++
+	w.walState[w.nextID] = "pending"
+	return w.nextID, nil
+}
+
+func (w *world) MarkApplied(id uint64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.walState[id] != "committed-db" {
+		w.violate("batch %d marked applied in state %q", id, w.walState[id])
+	}
+	w.walState[id] = "applied"
+	return nil
+}
+
+func (w *world) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
+
+func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.Context, []record.Rejected) error) error {
+	w.mu.Lock()
+	if w.walState[b.ID] != "pending" {
+		w.violate("batch %d written while WAL state %q", b.ID, w.walState[b.ID])
+	}
+	w.attempts[b.ID]++
+	attempt := w.attempts[b.ID]
+	for _, sp := range b.Spans {
+		if w.writing[sp.TopicPartition] {
+			w.violate("two batches of %s written at once", sp.TopicPartition)
+		}
+		w.writing[sp.TopicPartition] = true
+	}
+	hold, delay, fail := w.hold, w.writeDelay, w.fail
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		for _, sp := range b.Spans {
+			w.writing[sp.TopicPartition] = false
+		}
+		w.mu.Unlock()
+	}()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if delay > 0 {
+		time.Sleep(delay)
+	}
+	if fail != nil {
+		if err := fail(b, attempt); err != nil {
+			return err
+		}
+	}
+	var rej []record.Rejected
+	w.mu.Lock()
+	for _, r := range b.Records {
+		if w.reject != nil && w.reject(r) {
+			rej = append(rej, record.Rejected{Record: r, Class: record.ClassData, Err: errors.New("bad")})
+		}
+	}
+	w.mu.Unlock()
+	if len(rej) > 0 {
+		if err := reject(ctx, rej); err != nil {
+			return err
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	rejected := map[*record.Record]bool{}
+	for _, r := range rej {
+		rejected[r.Record] = true
+	}
+	for _, r := range b.Records {
+		tp := r.TP()
+		if last, ok := w.lastLanded[tp]; ok && r.Offset <= last {
+			w.violate("%s landed after offset %d: out of order", r, last)
+		}
+		w.lastLanded[tp] = r.Offset
+		if rejected[r] {
+			continue
+		}
+		if w.landed[tp] == nil {
+			w.landed[tp] = map[int64]bool{}
+		}
+		w.landed[tp][r.Offset] = true
+	}
+	w.walState[b.ID] = "committed-db"
+	return nil
+}
+
+// DeadLetters
+type dlqFunc struct{ w *world }
+
+func (d dlqFunc) Write(_ context.Context, rej []record.Rejected) error {
+	d.w.mu.Lock()
+	defer d.w.mu.Unlock()
+	if d.w.dlqFail != nil {
+		if err := d.w.dlqFail(); err != nil {
+			return err
+		}
+	}
+	for _, r := range rej {
+		tp := r.Record.TP()
+		if d.w.dead[tp] == nil {
+			d.w.dead[tp] = map[int64]record.ErrorClass{}
+		}
+		d.w.dead[tp][r.Record.Offset] = r.Class
+	}
+	return nil
+}
+
+// Commit checks invariant 1: every offset below the committed one is
+// landed or dead-lettered.
+func (w *world) Commit(_ context.Context, offs map[record.TopicPartition]Position) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.commits++
+	for tp, p := range offs {
+		if p.Offset < w.committed[tp] {
+			w.violate("%s commit went backwards: %d after %d", tp, p.Offset, w.committed[tp])
+		}
+		for o := w.committed[tp]; o < p.Offset; o++ {
+			if !w.landed[tp][o] && w.dead[tp][o] == "" {
+				w.violate("%s committed %d passing offset %d that is neither landed nor dead-lettered", tp, p.Offset, o)
+				break
+			}
+		}
+		w.committed[tp] = p.Offset
+	}
+	return nil
+}
+
+func (w *world) check() {
+	w.t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, v := range w.violations {
+		w.t.Error(v)
+	}
+}
+
+func testConfig() Config {
+	return Config{
+		Capacity: 1000, HighWatermark: 800, LowWatermark: 500, Workers: 4, BatchSize: 100,
+		FlushInterval: 5 * time.Millisecond, Overflow: OverflowBlock, RevokeTimeout: 5 * time.Second,
+		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 5 * time.Millisecond,
+		RetryMultiplier: 2, RetryJitter: true, BreakerThreshold: 3, BreakerHalfOpenAfter: 50 * time.Millisecond,
+	}
+}
+
+func newCoord(t *testing.T, w *world, cfg Config, opts ...Option) *Coordinator {
+	t.Helper()
+	c, err := New(cfg, w, w, dlqFunc{w}, w, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// feed submits n records per partition, interleaved in chunks, the way
+// polls return them.
+func feed(t *testing.T, c *Coordinator, tps []record.TopicPartition, n int) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, 2))
+	next := make([]int64, len(tps))
+	for {
+		var chunk []*record.Record
+		for i, tp := range tps {
+			k := rng.IntN(50)
+			for j := 0; j < k && next[i] < int64(n); j++ {
+				chunk = append(chunk, &record.Record{Topic: tp.Topic, Partition: tp.Partition, Offset: next[i], LeaderEpoch: 1})
+				next[i]++
+			}
+		}
+		if len(chunk) == 0 {
+			done := true
+			for i := range tps {
+				if next[i] < int64(n) {
+					done = false
+				}
+			}
+			if done {
+				return
+			}
+			continue
+		}
+		if err := c.Submit(context.Background(), chunk); err != nil {
+			t.Fatalf("submit: %v", err)
+		}
+	}
+}
+
+func partitions(n int) []record.TopicPartition {
+	var tps []record.TopicPartition
+	for i := range n {
+		tps = append(tps, record.TopicPartition{Topic: "bars", Partition: int32(i)})
+	}
+	return tps
+}
+
+func runCoord(t *testing.T, c *Coordinator) (wait func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx) }()
+	t.Cleanup(cancel)
+	return func() error {
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer dcancel()
+		err := c.Drain(dctx)
+		cancel()
+		return errors.Join(err, <-errc)
+	}
+}
+
+func TestLandsEverythingInOrderAndCommitsTheEnd(t *testing.T) {
+	tests := []struct {
+		name     string
+		workers  int
+		parts    int
+		perPart  int
+		overflow string
+	}{
+		{name: "one worker", workers: 1, parts: 3, perPart: 2000},
+		{name: "four workers eight partitions", workers: 4, parts: 8, perPart: 3000},
+		{name: "more workers than partitions", workers: 6, parts: 2, perPart: 2000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			cfg := testConfig()
+			cfg.Workers = tt.workers
+			c := newCoord(t, w, cfg)
+			tps := partitions(tt.parts)
+			c.Assign(tps)
+			wait := runCoord(t, c)
+			feed(t, c, tps, tt.perPart)
+			if err := wait(); err != nil {
+				t.Fatal(err)
+			}
+			w.check()
+			for _, tp := range tps {
+				if got := len(w.landed[tp]); got != tt.perPart {
+					t.Errorf("%s: %d records landed, want %d", tp, got, tt.perPart)
+				}
+				if got := w.committed[tp]; got != int64(tt.perPart) {
+					t.Errorf("%s: committed %d, want %d", tp, got, tt.perPart)
+				}
+			}
+		})
+	}
+}
+
+func TestQueueNeverExceedsCapacityAndWatermarksToggle(t *testing.T) {
+	w := newWorld(t)
+	w.hold = make(chan struct{})
+	cfg := testConfig()
+	c := newCoord(t, w, cfg)
+	tps := partitions(4)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+
+	submitted := make(chan error, 1)
+	go func() {
+		var recs []*record.Record
+		for i := range 3000 {
+			tp := tps[i%4]
+			recs = append(recs, &record.Record{Topic: tp.Topic, Partition: tp.Partition, Offset: int64(i / 4)})
+		}
+		submitted <- c.Submit(context.Background(), recs)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.Backpressured() {
+		if time.Now().After(deadline) {
+			t.Fatal("queue never reported backpressure with a stalled sink")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// the sink holds: the queue fills to capacity and Submit blocks
+	for c.Status().QueueSize < cfg.Capacity-4*cfg.BatchSize && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	for range 50 {
+		if s := c.Status(); s.QueueSize > cfg.Capacity {
+			t.Fatalf("queue holds %d records, capacity %d", s.QueueSize, cfg.Capacity)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case err := <-submitted:
+		t.Fatalf("Submit returned (%v) while the queue was full under block", err)
+	default:
+	}
+	close(w.hold)
+	if err := <-submitted; err != nil {
+		t.Fatal(err)
+	}
+	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.WaitFlow(fctx); err != nil {
+		t.Fatalf("flow never resumed below the low watermark: %v", err)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	total := 0
+	for _, tp := range tps {
+		total += len(w.landed[tp])
+	}
+	if total != 3000 {
+		t.Fatalf("%d records landed, want 3000", total)
+	}
+}
+
+func TestDropOldestDeadLettersAndNeverLoses(t *testing.T) {
+	w := newWorld(t)
+	w.writeDelay = 2 * time.Millisecond
+	cfg := testConfig()
+	cfg.Overflow = OverflowDropOldest
+	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark = 300, 250, 100
+	c := newCoord(t, w, cfg)
+	tps := partitions(3)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	feed(t, c, tps, 3000)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	dropped := 0
+	for _, tp := range tps {
+		for o := int64(0); o < 3000; o++ {
+			inDB, dead := w.landed[tp][o], w.dead[tp][o]
+			switch {
+			case inDB && dead != "":
+				t.Fatalf("%s@%d both landed and dead-lettered", tp, o)
+			case !inDB && dead == "":
+				t.Fatalf("%s@%d vanished", tp, o)
+			case dead != "" && dead != record.ClassOverflow:
+				t.Fatalf("%s@%d dead-lettered as %s, want overflow", tp, o, dead)
+			case dead != "":
+				dropped++
+			}
+		}
+		if w.committed[tp] != 3000 {
+			t.Errorf("%s committed %d, want 3000", tp, w.committed[tp])
+		}
+	}
+	if dropped == 0 {
+		t.Fatal("a slow sink and a small queue dropped nothing: the test did not exercise overflow")
+	}
+	t.Logf("%d records dropped to the dead letters", dropped)
+}
+
+func TestErrorOverflowRefuses(t *testing.T) {
+	w := newWorld(t)
+	w.hold = make(chan struct{})
+	defer close(w.hold)
+	cfg := testConfig()
+	cfg.Overflow = OverflowError
+	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark, cfg.BatchSize = 10, 8, 4, 5
+	c := newCoord(t, w, cfg)
+	tps := partitions(1)
+	c.Assign(tps)
+	var recs []*record.Record
+	for i := range 11 {
+		recs = append(recs, &record.Record{Topic: "bars", Offset: int64(i)})
+	}
+	err := c.Submit(context.Background(), recs)
+	if !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("Submit of 11 records into capacity 10 = %v, want ErrQueueFull", err)
+	}
+}
+
+func TestDataRejectsGoToDeadLettersAndOffsetsPassThem(t *testing.T) {
+	w := newWorld(t)
+	w.reject = func(r *record.Record) bool { return r.Offset%97 == 5 }
+	c := newCoord(t, w, testConfig())
+	tps := partitions(2)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	feed(t, c, tps, 1000)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	for _, tp := range tps {
+		for o := int64(0); o < 1000; o++ {
+			bad := o%97 == 5
+			if bad && w.dead[tp][o] != record.ClassData {
+				t.Errorf("%s@%d: poison not dead-lettered", tp, o)
+			}
+			if !bad && !w.landed[tp][o] {
+				t.Errorf("%s@%d: good record not landed", tp, o)
+			}
+		}
+		if w.committed[tp] != 1000 {
+			t.Errorf("%s committed %d, want 1000", tp, w.committed[tp])
+		}
+	}
+}
+
+var errTransient = errors.New("connection refused")
+
+func TestTransientErrorsRetryBehindTheBreakerAndNeverDeadLetter(t *testing.T) {
+	w := newWorld(t)
+	var mu sync.Mutex
+	down := true
+	w.fail = func(*record.Batch, int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return errTransient
+		}
+		return nil
+	}
+	var transitions []BreakerState
+	cfg := testConfig()
+	c := newCoord(t, w, cfg, WithRetryable(func(err error) bool { return errors.Is(err, errTransient) }))
+	c.breaker.onChange = func(from, to BreakerState) {
+		mu.Lock()
+		transitions = append(transitions, to)
+		mu.Unlock()
+		c.breakerChanged(from, to)
+	}
+	tps := partitions(2)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	feed(t, c, tps, 500)
+	deadline := time.Now().Add(5 * time.Second)
+	for c.BreakerState() != Open && c.BreakerState() != HalfOpen {
+		if time.Now().After(deadline) {
+			t.Fatal("breaker never opened while the database was down")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if !c.Backpressured() && c.BreakerState() == Open {
+		t.Error("breaker open but the coordinator does not ask to pause fetching")
+	}
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	for _, tp := range tps {
+		if len(w.dead[tp]) != 0 {
+			t.Errorf("%s: %d records dead-lettered for a transient outage", tp, len(w.dead[tp]))
+		}
+		if len(w.landed[tp]) != 500 || w.committed[tp] != 500 {
+			t.Errorf("%s: landed %d committed %d, want 500 and 500", tp, len(w.landed[tp]), w.committed[tp])
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(transitions) < 3 || transitions[len(transitions)-1] != Closed {
+		t.Errorf("breaker transitions %v: want open, half-open, ..., closed", transitions)
+	}
+}
+
+func TestPermanentErrorStopsWithoutCommitting(t *testing.T) {
+	w := newWorld(t)
+	boom := errors.New("relation does not exist")
+	w.fail = func(b *record.Batch, _ int) error { return boom }
+	c := newCoord(t, w, testConfig())
+	tps := partitions(1)
+	c.Assign(tps)
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(context.Background()) }()
+	if err := c.Submit(context.Background(), []*record.Record{{Topic: "bars", Offset: 0}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, boom) {
+			t.Fatalf("Run = %v, want the sink's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a permanent sink error did not stop the coordinator")
+	}
+	if w.commits != 0 {
+		t.Fatalf("%d commits after a failed batch", w.commits)
+	}
+}
+
+func TestDeadLetterOutageHoldsOffsets(t *testing.T) {
+	w := newWorld(t)
+	w.reject = func(r *record.Record) bool { return r.Offset == 10 }
+	var mu sync.Mutex
+	dlqDown := true
+	w.dlqFail = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if dlqDown {
+			return errors.New("dead-letter topic unwritable")
+		}
+		return nil
+	}
+	c := newCoord(t, w, testConfig())
+	tps := partitions(1)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	feed(t, c, tps, 100)
+	time.Sleep(200 * time.Millisecond)
+	w.mu.Lock()
+	if w.committed[tps[0]] > 10 {
+		t.Errorf("committed %d passes offset 10 while its dead letter is not durable", w.committed[tps[0]])
+	}
+	w.mu.Unlock()
+	mu.Lock()
+	dlqDown = false
+	mu.Unlock()
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	if w.committed[tps[0]] != 100 || w.dead[tps[0]][10] != record.ClassData {
+		t.Fatalf("after recovery committed %d, dead %v", w.committed[tps[0]], w.dead[tps[0]])
+	}
+}
+
+func TestRevokeWaitsForInFlightCommitsAndForgets(t *testing.T) {
+	w := newWorld(t)
+	w.hold = make(chan struct{})
+	cfg := testConfig()
+	cfg.Workers = 1
+	c := newCoord(t, w, cfg)
+	tps := partitions(2)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	feed(t, c, tps, 500)
+	// a batch is in flight and held; the rest is queued
+	time.Sleep(20 * time.Millisecond)
+	revoked := make(chan error, 1)
+	go func() { revoked <- c.Revoke(context.Background(), tps[:1], true) }()
+	select {
+	case err := <-revoked:
+		t.Fatalf("Revoke returned (%v) while a batch of the partition was in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(w.hold)
+	if err := <-revoked; err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	atRevoke := w.committed[tps[0]]
+	landed := len(w.landed[tps[0]])
+	w.mu.Unlock()
+	if atRevoke != int64(landed) {
+		t.Errorf("revoked partition committed %d with %d landed", atRevoke, landed)
+	}
+	if landed == 500 {
+		t.Error("every record of the revoked partition landed: queued records were not dropped")
+	}
+	// records of the revoked partition are refused afterwards
+	if err := c.Submit(context.Background(), []*record.Record{{Topic: "bars", Partition: 0, Offset: 500}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	if w.committed[tps[0]] != atRevoke {
+		t.Errorf("revoked partition committed again: %d after %d", w.committed[tps[0]], atRevoke)
+	}
+	if w.committed[tps[1]] != 500 {
+		t.Errorf("kept partition committed %d, want 500", w.committed[tps[1]])
+	}
+}
+
+func TestLostCommitsNothing(t *testing.T) {
+	w := newWorld(t)
+	w.hold = make(chan struct{})
+	cfg := testConfig()
+	cfg.Workers = 1
+	c := newCoord(t, w, cfg)
+	tps := partitions(1)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	feed(t, c, tps, 300)
+	time.Sleep(20 * time.Millisecond)
+	lost := make(chan error, 1)
+	go func() { lost <- c.Revoke(context.Background(), tps, false) }()
+	time.Sleep(20 * time.Millisecond)
+	close(w.hold)
+	if err := <-lost; err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	if w.commits != 0 {
+		t.Fatalf("%d commits for a lost partition", w.commits)
+	}
+}
+
+func TestStartPastCommittedIsCommitted(t *testing.T) {
+	w := newWorld(t)
+	c := newCoord(t, w, testConfig())
+	tp := record.TopicPartition{Topic: "bars"}
+	c.Assign([]record.TopicPartition{tp})
+	// the WAL knew [40, 70) applied: those offsets landed in a former life
+	w.mu.Lock()
+	w.committed[tp] = 40
+	w.landed[tp] = map[int64]bool{}
+	for o := int64(40); o < 70; o++ {
+		w.landed[tp][o] = true
+	}
+	for o := int64(0); o < 40; o++ {
+		w.landed[tp][o] = true
+	}
+	w.mu.Unlock()
+	c.SetStart(tp, 70, 40)
+	wait := runCoord(t, c)
+	var recs []*record.Record
+	for o := int64(70); o < 100; o++ {
+		recs = append(recs, &record.Record{Topic: "bars", Offset: o})
+	}
+	if err := c.Submit(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	if w.committed[tp] != 100 {
+		t.Fatalf("committed %d, want 100", w.committed[tp])
+	}
+}
+
+func TestSpansChainAcrossBatches(t *testing.T) {
+	w := newWorld(t)
+	var mu sync.Mutex
+	var spans []record.Span
+	w.fail = func(b *record.Batch, _ int) error {
+		mu.Lock()
+		spans = append(spans, b.Spans...)
+		mu.Unlock()
+		return nil
+	}
+	cfg := testConfig()
+	cfg.Workers = 1
+	c := newCoord(t, w, cfg)
+	tp := record.TopicPartition{Topic: "bars"}
+	c.Assign([]record.TopicPartition{tp})
+	c.SetStart(tp, 5, 5)
+	wait := runCoord(t, c)
+	// a log with gaps (compaction): offsets 5, 7, 8, 12, ...
+	var recs []*record.Record
+	for o := int64(5); o < 1000; o += 1 + o%4 {
+		recs = append(recs, &record.Record{Topic: "bars", Offset: o})
+	}
+	// offsets the log does not hold count as landed for the world's check
+	w.mu.Lock()
+	w.landed[tp] = map[int64]bool{}
+	for o := int64(0); o < 1000; o++ {
+		w.landed[tp][o] = true
+	}
+	for _, r := range recs {
+		delete(w.landed[tp], r.Offset)
+	}
+	w.mu.Unlock()
+	for i := 0; i < len(recs); i += 37 {
+		if err := c.Submit(context.Background(), recs[i:min(i+37, len(recs))]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	if len(spans) < 2 {
+		t.Fatalf("only %d batches", len(spans))
+	}
+	if spans[0].From != 5 {
+		t.Errorf("first span starts at %d, want the start offset 5", spans[0].From)
+	}
+	for i := 1; i < len(spans); i++ {
+		if spans[i].From != spans[i-1].Next {
+			t.Fatalf("span %d %s does not start where %s ended", i, spans[i], spans[i-1])
+		}
+	}
+	if last := spans[len(spans)-1].Next; last != recs[len(recs)-1].Offset+1 {
+		t.Errorf("last span ends at %d, want %d", last, recs[len(recs)-1].Offset+1)
+	}
+}

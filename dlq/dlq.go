@@ -1,0 +1,306 @@
+// Package dlq keeps the records the connector could not land: each dead
+// letter is appended to an NDJSON file (fsynced) and produced to a Kafka
+// topic (acknowledged by all in-sync replicas) before Write returns, so a
+// partition's offset may pass the record only once both copies are durable
+// (or the one the user kept, when the other is turned off).
+//
+// The file format is one JSON object per line, version 1:
+//
+//	{"v":1,"topic":"bars","partition":3,"offset":1042,"timestamp":"…",
+//	 "key":"<base64>","value":"<base64>","headers":[{"key":"k","value":"<base64>"}],
+//	 "error_class":"decode","error":"…","attempts":1,
+//	 "first_failure":"…","last_failure":"…","instance":"host-1234"}
+//
+// On the topic the record's value is the original value and its key the
+// original key; the original headers are kept and the metadata is added as
+// headers named ktsink.dlq.* (see the Header* constants).
+package dlq
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ktsink/connector/record"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Version of the dead-letter record format.
+const Version = 1
+
+// Metadata header names on the dead-letter topic.
+const (
+	HeaderVersion   = "ktsink.dlq.version"
+	HeaderTopic     = "ktsink.dlq.topic"
+	HeaderPartition = "ktsink.dlq.partition"
+	HeaderOffset    = "ktsink.dlq.offset"
+	HeaderTimestamp = "ktsink.dlq.timestamp"
+	HeaderClass     = "ktsink.dlq.error_class"
+	HeaderError     = "ktsink.dlq.error"
+	HeaderAttempts  = "ktsink.dlq.attempts"
+	HeaderFailedAt  = "ktsink.dlq.failed_at"
+	HeaderInstance  = "ktsink.dlq.instance"
+)
+
+// Letter is one dead letter as written to the file.
+type Letter struct {
+	V            int             `json:"v"`
+	Topic        string          `json:"topic"`
+	Partition    int32           `json:"partition"`
+	Offset       int64           `json:"offset"`
+	Timestamp    time.Time       `json:"timestamp"`
+	Key          []byte          `json:"key"`
+	Value        []byte          `json:"value"`
+	Headers      []record.Header `json:"headers,omitempty"`
+	ErrorClass   string          `json:"error_class"`
+	Error        string          `json:"error"`
+	Attempts     int             `json:"attempts"`
+	FirstFailure time.Time       `json:"first_failure"`
+	LastFailure  time.Time       `json:"last_failure"`
+	Instance     string          `json:"instance"`
+}
+
+// Producer is the slice of *kgo.Client the dead-letter topic needs.
+type Producer interface {
+	ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults
+}
+
+// Config says where dead letters go. An empty Topic or File turns that copy
+// off; at least one must be kept.
+type Config struct {
+	Topic string
+	File  string
+	// MaxFileBytes rotates the file when it grows past this size (the old
+	// file is renamed with a timestamp suffix). Zero: 64 MiB.
+	MaxFileBytes int64
+	// Instance names this connector process in every letter.
+	Instance string
+}
+
+var (
+	// ErrNoCopy is returned by New when both copies are turned off.
+	ErrNoCopy = errors.New("dlq: at least one of topic and file must be kept")
+)
+
+// Writer writes dead letters. Safe for concurrent use; Close it.
+type Writer struct {
+	cfg      Config
+	producer Producer
+	now      func() time.Time
+
+	mu   sync.Mutex
+	f    *os.File
+	size int64
+	// filed remembers letters already in the file whose topic copy failed,
+	// so a retry does not append them twice.
+	filed map[string]bool
+}
+
+// New opens (creating with mode 0600) the file and returns a Writer.
+// producer may be nil when Topic is empty.
+func New(cfg Config, producer Producer) (*Writer, error) {
+	if cfg.Topic == "" && cfg.File == "" {
+		return nil, ErrNoCopy
+	}
+	if cfg.Topic != "" && producer == nil {
+		return nil, fmt.Errorf("dlq: topic %q needs a producer", cfg.Topic)
+	}
+	if cfg.MaxFileBytes <= 0 {
+		cfg.MaxFileBytes = 64 << 20
+	}
+	if cfg.Instance == "" {
+		host, _ := os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	w := &Writer{cfg: cfg, producer: producer, now: time.Now, filed: map[string]bool{}}
+	if cfg.File != "" {
+		if err := w.openFile(); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+func (w *Writer) openFile() error {
+	if err := os.MkdirAll(filepath.Dir(w.cfg.File), 0o700); err != nil {
+		return fmt.Errorf("dlq: creating directory for %s: %w", w.cfg.File, err)
+	}
+	f, err := os.OpenFile(w.cfg.File, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("dlq: opening %s: %w", w.cfg.File, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("dlq: %w", err)
+	}
+	w.f, w.size = f, st.Size()
+	return nil
+}
+
+// Write makes every rejected record durable in each kept copy. It returns
+// only when the file is fsynced and the topic acknowledged them, or with an
+// error (the records must then not be passed).
+func (w *Writer) Write(ctx context.Context, rejected []record.Rejected) error {
+	if len(rejected) == 0 {
+		return nil
+	}
+	now := w.now().UTC()
+	letters := make([]Letter, len(rejected))
+	for i, rj := range rejected {
+		r := rj.Record
+		msg := ""
+		if rj.Err != nil {
+			msg = rj.Err.Error()
+		}
+		letters[i] = Letter{
+			V: Version, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp,
+			Key: r.Key, Value: r.Value, Headers: r.Headers, ErrorClass: string(rj.Class), Error: msg,
+			Attempts: 1, FirstFailure: now, LastFailure: now, Instance: w.cfg.Instance,
+		}
+	}
+	if w.cfg.File != "" {
+		if err := w.appendFile(letters); err != nil {
+			return err
+		}
+	}
+	if w.cfg.Topic != "" {
+		if err := w.produce(ctx, letters); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		for i := range letters {
+			delete(w.filed, letterKey(&letters[i]))
+		}
+		w.mu.Unlock()
+	}
+	return nil
+}
+
+func letterKey(l *Letter) string {
+	return l.Topic + "/" + strconv.Itoa(int(l.Partition)) + "@" + strconv.FormatInt(l.Offset, 10)
+}
+
+func (w *Writer) appendFile(letters []Letter) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var buf []byte
+	for i := range letters {
+		k := letterKey(&letters[i])
+		if w.filed[k] {
+			continue
+		}
+		line, err := json.Marshal(&letters[i])
+		if err != nil {
+			return fmt.Errorf("dlq: encoding %s: %w", k, err)
+		}
+		buf = append(append(buf, line...), '\n')
+	}
+	if len(buf) == 0 {
+		return nil
+	}
+	if w.size > 0 && w.size+int64(len(buf)) > w.cfg.MaxFileBytes {
+		if err := w.rotateLocked(); err != nil {
+			return err
+		}
+	}
+	if _, err := w.f.Write(buf); err != nil {
+		return fmt.Errorf("dlq: appending to %s: %w", w.cfg.File, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("dlq: syncing %s: %w", w.cfg.File, err)
+	}
+	w.size += int64(len(buf))
+	if w.cfg.Topic != "" {
+		for i := range letters {
+			w.filed[letterKey(&letters[i])] = true
+		}
+	}
+	return nil
+}
+
+func (w *Writer) rotateLocked() error {
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("dlq: closing %s: %w", w.cfg.File, err)
+	}
+	old := w.cfg.File + "." + w.now().UTC().Format("20060102T150405.000000000")
+	if err := os.Rename(w.cfg.File, old); err != nil {
+		return fmt.Errorf("dlq: rotating %s: %w", w.cfg.File, err)
+	}
+	return w.openFile()
+}
+
+func (w *Writer) produce(ctx context.Context, letters []Letter) error {
+	recs := make([]*kgo.Record, len(letters))
+	for i := range letters {
+		l := &letters[i]
+		hs := make([]kgo.RecordHeader, 0, len(l.Headers)+10)
+		for _, h := range l.Headers {
+			hs = append(hs, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+		}
+		hs = append(hs,
+			kgo.RecordHeader{Key: HeaderVersion, Value: []byte(strconv.Itoa(Version))},
+			kgo.RecordHeader{Key: HeaderTopic, Value: []byte(l.Topic)},
+			kgo.RecordHeader{Key: HeaderPartition, Value: []byte(strconv.Itoa(int(l.Partition)))},
+			kgo.RecordHeader{Key: HeaderOffset, Value: []byte(strconv.FormatInt(l.Offset, 10))},
+			kgo.RecordHeader{Key: HeaderTimestamp, Value: []byte(l.Timestamp.Format(time.RFC3339Nano))},
+			kgo.RecordHeader{Key: HeaderClass, Value: []byte(l.ErrorClass)},
+			kgo.RecordHeader{Key: HeaderError, Value: []byte(l.Error)},
+			kgo.RecordHeader{Key: HeaderAttempts, Value: []byte(strconv.Itoa(l.Attempts))},
+			kgo.RecordHeader{Key: HeaderFailedAt, Value: []byte(l.LastFailure.Format(time.RFC3339Nano))},
+			kgo.RecordHeader{Key: HeaderInstance, Value: []byte(l.Instance)},
+		)
+		recs[i] = &kgo.Record{Topic: w.cfg.Topic, Key: l.Key, Value: l.Value, Headers: hs}
+	}
+	if err := w.producer.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return fmt.Errorf("dlq: producing to topic %s: %w", w.cfg.Topic, err)
+	}
+	return nil
+}
+
+// Close closes the file.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return nil
+	}
+	err := w.f.Close()
+	w.f = nil
+	return err
+}
+
+// ReadFile reads every letter of an NDJSON dead-letter file.
+func ReadFile(path string) ([]Letter, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: reading %s: %w", path, err)
+	}
+	var out []Letter
+	line := 0
+	for len(data) > 0 {
+		line++
+		i := 0
+		for i < len(data) && data[i] != '\n' {
+			i++
+		}
+		if i > 0 {
+			var l Letter
+			if err := json.Unmarshal(data[:i], &l); err != nil {
+				return out, fmt.Errorf("dlq: %s line %d: %w", path, line, err)
+			}
+			out = append(out, l)
+		}
+		if i < len(data) {
+			i++
+		}
+		data = data[i:]
+	}
+	return out, nil
+}

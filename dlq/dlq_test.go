@@ -1,0 +1,152 @@
+package dlq
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ktsink/connector/record"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func rejected(n int) []record.Rejected {
+	var out []record.Rejected
+	for i := range n {
+		r := &record.Record{
+			Topic: "bars", Partition: 2, Offset: int64(100 + i), Key: []byte("AAPL"),
+			Value:     []byte(`{"symbol":`),
+			Headers:   []record.Header{{Key: "trace", Value: []byte("t1")}},
+			Timestamp: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+		}
+		out = append(out, record.Rejected{Record: r, Class: record.ClassDecode, Err: errors.New("bars/2@100: unexpected end of JSON")})
+	}
+	return out
+}
+
+func TestFileRoundTripAndPermissions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "dlq.ndjson")
+	w, err := New(Config{File: path, Instance: "test-1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(context.Background(), rejected(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("file mode %v, want 0600", st.Mode().Perm())
+	}
+	dst, _ := os.Stat(filepath.Dir(path))
+	if dst.Mode().Perm() != 0o700 {
+		t.Errorf("directory mode %v, want 0700", dst.Mode().Perm())
+	}
+	letters, err := ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(letters) != 3 {
+		t.Fatalf("%d letters, want 3", len(letters))
+	}
+	l := letters[0]
+	if l.V != Version || l.Topic != "bars" || l.Partition != 2 || l.Offset != 100 || string(l.Key) != "AAPL" ||
+		string(l.Value) != `{"symbol":` || l.ErrorClass != "decode" || l.Instance != "test-1" ||
+		len(l.Headers) != 1 || string(l.Headers[0].Value) != "t1" || !strings.Contains(l.Error, "unexpected end") {
+		t.Errorf("letter %+v", l)
+	}
+}
+
+// failingProducer fails while down is set, then produces to kfake.
+type failingProducer struct {
+	mu   sync.Mutex
+	down bool
+	cl   *kgo.Client
+}
+
+func (p *failingProducer) ProduceSync(ctx context.Context, rs ...*kgo.Record) kgo.ProduceResults {
+	p.mu.Lock()
+	down := p.down
+	p.mu.Unlock()
+	if down {
+		var res kgo.ProduceResults
+		for _, r := range rs {
+			res = append(res, kgo.ProduceResult{Record: r, Err: errors.New("topic unwritable")})
+		}
+		return res
+	}
+	return p.cl.ProduceSync(ctx, rs...)
+}
+
+func TestTopicOutageKeepsFileAndDoesNotDuplicate(t *testing.T) {
+	fake, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "ktsink.dlq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fake.ListenAddrs()...), kgo.ConsumeTopics("ktsink.dlq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	prod := &failingProducer{down: true, cl: cl}
+	path := filepath.Join(t.TempDir(), "dlq.ndjson")
+	w, err := New(Config{File: path, Topic: "ktsink.dlq"}, prod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	rej := rejected(2)
+	if err := w.Write(context.Background(), rej); err == nil {
+		t.Fatal("Write succeeded with the topic unwritable")
+	}
+	letters, _ := ReadFile(path)
+	if len(letters) != 2 {
+		t.Fatalf("file holds %d letters during the topic outage, want 2", len(letters))
+	}
+	prod.mu.Lock()
+	prod.down = false
+	prod.mu.Unlock()
+	if err := w.Write(context.Background(), rej); err != nil {
+		t.Fatal(err)
+	}
+	letters, _ = ReadFile(path)
+	if len(letters) != 2 {
+		t.Fatalf("file holds %d letters after the retry, want 2 (no duplicates)", len(letters))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got []*kgo.Record
+	for len(got) < 2 && ctx.Err() == nil {
+		got = append(got, cl.PollFetches(ctx).Records()...)
+	}
+	if len(got) != 2 {
+		t.Fatalf("topic holds %d letters, want 2", len(got))
+	}
+	hs := map[string]string{}
+	for _, h := range got[0].Headers {
+		hs[h.Key] = string(h.Value)
+	}
+	if hs[HeaderTopic] != "bars" || hs[HeaderPartition] != "2" || hs[HeaderOffset] != "100" || hs[HeaderClass] != "decode" || hs["trace"] != "t1" {
+		t.Errorf("headers %v", hs)
+	}
+	if string(got[0].Value) != `{"symbol":` || string(got[0].Key) != "AAPL" {
+		t.Errorf("value %q key %q: not the original bytes", got[0].Value, got[0].Key)
+	}
+}
+
+func TestNeedsOneCopy(t *testing.T) {
+	if _, err := New(Config{}, nil); !errors.Is(err, ErrNoCopy) {
+		t.Fatalf("New with no copies = %v", err)
+	}
+}

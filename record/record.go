@@ -1,0 +1,64 @@
+// Package record holds the types every stage of the connector passes along:
+// a Kafka record as the connector sees it, and the position of a partition.
+// It imports nothing of Kafka or PostgreSQL, so that source, coordinator, sink
+// and dlq can share it without depending on one another.
+package record
+
+import (
+	"fmt"
+	"time"
+)
+
+// Header is one Kafka record header.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Record is one Kafka record as consumed. A Record is not safe for concurrent
+// mutation; stages hand records on and do not change them afterwards.
+type Record struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	// LeaderEpoch is the partition leader epoch the record was fetched at,
+	// or -1 when unknown. It is passed back when committing.
+	LeaderEpoch int32
+	Key         []byte
+	// Value is nil for a tombstone.
+	Value     []byte
+	Headers   []Header
+	Timestamp time.Time
+}
+
+// TP returns the record's topic and partition.
+func (r *Record) TP() TopicPartition { return TopicPartition{Topic: r.Topic, Partition: r.Partition} }
+
+// String names the record by topic, partition and offset, the way every
+// error about a record names it.
+func (r *Record) String() string {
+	return fmt.Sprintf("%s/%d@%d", r.Topic, r.Partition, r.Offset)
+}
+
+// TopicPartition names one partition of one topic.
+type TopicPartition struct {
+	Topic     string
+	Partition int32
+}
+
+func (tp TopicPartition) String() string { return fmt.Sprintf("%s/%d", tp.Topic, tp.Partition) }
+
+// Span is the part of one partition that a batch covers: the records with
+// offsets in [From, Next). From is where the previous batch of the same
+// partition ended (or where consumption started), so consecutive spans of a
+// partition chain without gaps even when the log itself has gaps (compacted
+// or transaction-marker offsets).
+type Span struct {
+	TopicPartition
+	From int64
+	Next int64
+}
+
+func (s Span) String() string {
+	return fmt.Sprintf("%s/%d[%d,%d)", s.Topic, s.Partition, s.From, s.Next)
+}

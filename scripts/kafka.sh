@@ -1,0 +1,264 @@
+#!/usr/bin/env bash
+# A real Apache Kafka for tests, CI and the demo: the official server jars,
+# pinned in scripts/kafka/pom.xml and fetched once with Maven into
+# .cache/kafka/<version>/libs, run in KRaft combined mode (each node is broker
+# and controller). No Docker, no ZooKeeper.
+#
+#   scripts/kafka.sh up      one broker on 127.0.0.1:${KAFKA_PORT:-9092}
+#                            (controller on the next port), or reuse a broker
+#                            that already answers there
+#   scripts/kafka.sh up3     three brokers on 127.0.0.1:${KAFKA3_PORT:-9192} and
+#                            the two ports after it (controllers on the three
+#                            ports after those); replication factor 3 possible
+#   scripts/kafka.sh down    stop what `up` and `up3` started and delete its data;
+#                            a reused broker is left alone
+#   scripts/kafka.sh env     print KAFKA_BROKERS=… (and KAFKA_VERSION=… when
+#                            this script started the broker)
+#   scripts/kafka.sh env3    the same for the three-broker cluster
+#   scripts/kafka.sh fetch   only fetch the jars
+#
+# Topics are not created automatically (auto.create.topics.enable=false): a
+# test or the connector that needs a topic creates it, so a misspelt topic
+# name fails loudly instead of producing into a new empty topic. Broker logs
+# (WARN and up, plus start-up) go to .cache/run/kafka-<port>/broker.log.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+pom="$root/scripts/kafka/pom.xml"
+version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
+libs="$root/.cache/kafka/$version/libs"
+port=${KAFKA_PORT:-9092}
+port3=${KAFKA3_PORT:-9192}
+heap=${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}
+wait_s=${KAFKA_START_TIMEOUT:-120}
+ready_bin="$root/.cache/bin/kafkaready"
+
+say() { echo "kafka.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+ensure_tools() {
+  command -v java >/dev/null && command -v mvn >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "java or mvn not found: installing Debian's openjdk-17-jre-headless and maven"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven >&2
+  fi
+  command -v java >/dev/null || die "java not found (install a JRE 17 or later)"
+  command -v mvn >/dev/null || die "mvn not found (install maven)"
+}
+
+# fetch copies the pinned server jars and their runtime dependencies into
+# $libs once; the marker file makes later runs download nothing.
+fetch() {
+  if [ -f "$libs/.complete" ]; then
+    return
+  fi
+  ensure_tools
+  say "fetching Apache Kafka $version jars from Maven Central into $libs"
+  rm -rf "$libs"
+  mkdir -p "$libs"
+  mvn -B -q -f "$pom" dependency:copy-dependencies \
+    -DoutputDirectory="$libs" -DincludeScope=runtime >&2 ||
+    die "mvn could not fetch the Kafka $version jars (see the output above)"
+  [ -f "$libs/kafka_2.13-$version.jar" ] || die "kafka_2.13-$version.jar missing from $libs after mvn"
+  touch "$libs/.complete"
+}
+
+# ready waits (up to $2) until $1 (comma-separated brokers) answers a
+# metadata request listing $3 brokers, and prints what it found.
+ready() {
+  if [ ! -x "$ready_bin" ] || [ -n "$(find "$root/internal/cmd/kafkaready" -newer "$ready_bin" -name '*.go')" ]; then
+    (cd "$root" && go build -o "$ready_bin" ./internal/cmd/kafkaready) || die "building internal/cmd/kafkaready failed"
+  fi
+  "$ready_bin" -brokers "$1" -timeout "$2" -count "${3:-1}"
+}
+
+answering() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+
+# ours_running tells whether the pid in $1/pid is alive and is the broker
+# started with $1/server.properties (and not a recycled pid).
+ours_running() {
+  local pid
+  [ -f "$1/pid" ] || return 1
+  pid=$(cat "$1/pid")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$1/server.properties"
+}
+
+# stop_nodes terminates the brokers of the given state folders together
+# (a cluster shut down one node at a time may wait for a quorum that is
+# leaving), waits up to 30 s, then kills, and removes the folders.
+stop_nodes() {
+  local dir pids=()
+  for dir in "$@"; do
+    if ours_running "$dir"; then
+      pids+=("$(cat "$dir/pid")")
+    fi
+  done
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+      local alive=0 pid
+      for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; then alive=1; fi
+      done
+      [ "$alive" = 0 ] && break
+      sleep 0.2
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    say "stopped Apache Kafka (pid ${pids[*]})"
+  fi
+  for dir in "$@"; do rm -rf "$dir"; done
+}
+
+# start_node writes the configuration of one KRaft combined node into its
+# state folder $1, formats its storage and starts it in the background.
+#   start_node DIR NODE_ID PORT CONTROLLER_PORT VOTERS CLUSTER_ID REPLICATION
+start_node() {
+  local dir=$1 id=$2 p=$3 cp=$4 voters=$5 cluster=$6 rf=$7
+  local minisr=1
+  [ "$rf" -ge 3 ] && minisr=2
+  rm -rf "$dir"
+  mkdir -p "$dir/data"
+  cat >"$dir/server.properties" <<PROPS
+# written by scripts/kafka.sh
+process.roles=broker,controller
+node.id=$id
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$p,CONTROLLER://127.0.0.1:$cp
+advertised.listeners=PLAINTEXT://127.0.0.1:$p
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+default.replication.factor=1
+auto.create.topics.enable=false
+delete.topic.enable=true
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$minisr
+min.insync.replicas=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=24
+log.segment.bytes=67108864
+num.network.threads=2
+num.io.threads=4
+PROPS
+  cat >"$dir/log4j2.yaml" <<LOG
+Configuration:
+  Appenders:
+    File:
+      name: file
+      fileName: "$dir/broker.log"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: file
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+      - name: kafka.server.BrokerServer
+        level: INFO
+LOG
+  java -Dlog4j2.configurationFile="$dir/log4j2.yaml" -cp "$libs/*" kafka.tools.StorageTool format \
+    -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+    { say "formatting storage for node $id failed:"; cat "$dir/format.log" >&2; return 1; }
+  # shellcheck disable=SC2086 # $heap is a list of JVM options
+  nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
+    -cp "$libs/*" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  echo "$version" >"$dir/version"
+}
+
+# fail_start reports a broker that did not become ready, with the end of
+# its logs, stops what was started and exits.
+fail_start() {
+  local msg=$1 dir
+  shift
+  say "$msg"
+  for dir in "$@"; do
+    say "last lines of $dir/broker.log:"
+    tail -n 30 "$dir/broker.log" >&2 2>/dev/null || true
+    if [ -s "$dir/stdout.log" ]; then
+      say "last lines of $dir/stdout.log:"
+      tail -n 15 "$dir/stdout.log" >&2
+    fi
+  done
+  stop_nodes "$@"
+  exit 1
+}
+
+cluster_id() { java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1; }
+
+up() {
+  local state="$root/.cache/run/kafka-$port" out
+  if answering "$port"; then
+    out=$(ready "127.0.0.1:$port" 15s) ||
+      die "something listens on 127.0.0.1:$port but does not answer Kafka metadata requests (set KAFKA_PORT to use another port)"
+    say "reusing the broker already on 127.0.0.1:$port: $out"
+    return
+  fi
+  stop_nodes "$state" # whatever a killed session left behind
+  answering $((port + 1)) && die "the controller port 127.0.0.1:$((port + 1)) is taken (set KAFKA_PORT to use another port)"
+  fetch
+  say "starting Apache Kafka $version on 127.0.0.1:$port (log $state/broker.log)"
+  start_node "$state" 1 "$port" $((port + 1)) "1@127.0.0.1:$((port + 1))" "$(cluster_id)" 1 ||
+    fail_start "Apache Kafka could not be started" "$state"
+  out=$(ready "127.0.0.1:$port" "${wait_s}s") ||
+    fail_start "Apache Kafka on 127.0.0.1:$port was not ready within ${wait_s}s (log $state/broker.log)" "$state"
+  say "ready: $out"
+}
+
+nodes3() { for i in 1 2 3; do echo "$root/.cache/run/kafka3-$port3/node-$i"; done; }
+brokers3() { echo "127.0.0.1:$port3,127.0.0.1:$((port3 + 1)),127.0.0.1:$((port3 + 2))"; }
+
+up3() {
+  local out i voters cluster dirs
+  if answering "$port3"; then
+    out=$(ready "$(brokers3)" 15s 3) ||
+      die "something listens on 127.0.0.1:$port3 but is not a three-broker Kafka cluster (set KAFKA3_PORT to use other ports)"
+    say "reusing the cluster already on $(brokers3): $out"
+    return
+  fi
+  mapfile -t dirs < <(nodes3)
+  stop_nodes "${dirs[@]}"
+  fetch
+  cluster=$(cluster_id)
+  voters="1@127.0.0.1:$((port3 + 3)),2@127.0.0.1:$((port3 + 4)),3@127.0.0.1:$((port3 + 5))"
+  say "starting a three-node Apache Kafka $version cluster on $(brokers3) (logs ${dirs[0]%/*}/node-*/broker.log)"
+  for i in 1 2 3; do
+    start_node "${dirs[$((i - 1))]}" "$i" $((port3 + i - 1)) $((port3 + i + 2)) "$voters" "$cluster" 3 ||
+      fail_start "Apache Kafka node $i could not be started" "${dirs[@]}"
+  done
+  out=$(ready "$(brokers3)" "${wait_s}s" 3) ||
+    fail_start "the Apache Kafka cluster on $(brokers3) was not ready within ${wait_s}s" "${dirs[@]}"
+  say "ready: $out"
+}
+
+down() {
+  local dirs
+  stop_nodes "$root/.cache/run/kafka-$port"
+  mapfile -t dirs < <(nodes3)
+  stop_nodes "${dirs[@]}"
+  rmdir "$root/.cache/run/kafka3-$port3" 2>/dev/null || true
+}
+
+print_env() {
+  echo "KAFKA_BROKERS=$1"
+  if [ -f "$2/version" ]; then echo "KAFKA_VERSION=$(cat "$2/version")"; fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  up3) up3 ;;
+  down) down ;;
+  fetch) fetch ;;
+  env) print_env "127.0.0.1:$port" "$root/.cache/run/kafka-$port" ;;
+  env3) print_env "$(brokers3)" "$(nodes3 | head -n 1)" ;;
+  *) echo "usage: $0 up|up3|down|env|env3|fetch" >&2; exit 2 ;;
+esac

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs a command with PostgreSQL and Kafka up, then takes down what it
+# started (also when the command fails or is interrupted) and exits with the
+# command's status.
+#
+#   scripts/with-services.sh go test ./...
+#
+# The command sees DATABASE_URL, KAFKA_BROKERS and KTSINK_INTEGRATION=1 (so
+# integration tests must run, never skip), and KAFKA_VERSION when the broker
+# is one that scripts/kafka.sh started. PGPORT and KAFKA_PORT choose the
+# ports; DATABASE_URL and KAFKA_BROKERS already set are passed on unchanged.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+cleanup() {
+  "$root/scripts/kafka.sh" down || true
+  "$root/scripts/postgres.sh" down || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$root/scripts/postgres.sh" up || exit 1
+"$root/scripts/kafka.sh" up || exit 1
+
+database_url=${DATABASE_URL:-}
+kafka_brokers=${KAFKA_BROKERS:-}
+set -a
+eval "$("$root/scripts/postgres.sh" env)"
+eval "$("$root/scripts/kafka.sh" env)"
+set +a
+export DATABASE_URL=${database_url:-$DATABASE_URL}
+export KAFKA_BROKERS=${kafka_brokers:-$KAFKA_BROKERS}
+export KTSINK_INTEGRATION=1
+
+"$@"

@@ -1,0 +1,485 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/ktsink/connector/record"
+)
+
+var t0 = time.Date(2024, 5, 1, 13, 30, 0, 0, time.UTC)
+
+// newBarsWriter makes a migrated Writer of one bars topic in the env's
+// schema.
+func newBarsWriter(t testing.TB, e *pgEnv, mode Mode, unnestMax int) *Writer {
+	t.Helper()
+	tb := Bars(e.schema, "bars")
+	tb.Mode = mode
+	return newWriter(t, e, map[string]Table{"bars": tb}, unnestMax)
+}
+
+func newWriter(t testing.TB, e *pgEnv, tables map[string]Table, unnestMax int) *Writer {
+	t.Helper()
+	w, err := New(e.pool, Config{Tables: tables, Group: "g1", OffsetsSchema: e.schema, StatementTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.unnestMax = unnestMax
+	if err := w.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// paths are the two ways an upsert is written.
+var paths = []struct {
+	name      string
+	unnestMax int
+}{{"unnest", 1 << 30}, {"staging", 0}}
+
+type barRow struct {
+	Symbol string
+	TS     time.Time
+	Open   *float64
+	Volume *int64
+}
+
+func (e *pgEnv) bars(t *testing.T) []barRow {
+	t.Helper()
+	rows, err := e.pool.Query(context.Background(),
+		"SELECT symbol, ts, open, volume FROM "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ORDER BY symbol, ts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[barRow])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestUpsertLandsAndUpdates(t *testing.T) {
+	ctx := context.Background()
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			e := newPGEnv(t, 2)
+			w := newBarsWriter(t, e, ModeUpsert, p.unnestMax)
+			syms := []string{"AAPL", "MSFT", "GOOG"}
+			b := barBatch(1, "bars", 0, 0, 3, func(i int) []byte { return barJSON(syms[i], t0, 10, 100) })
+			var c collector
+			if err := w.Write(ctx, b, c.reject); err != nil {
+				t.Fatal(err)
+			}
+			// changed values for the same keys, the time given as epoch ms
+			b = barBatch(2, "bars", 0, 3, 3, func(i int) []byte {
+				return fmt.Appendf(nil, `{"symbol":%q,"ts":%d,"open":20,"volume":200}`, syms[i], t0.UnixMilli())
+			})
+			if err := w.Write(ctx, b, c.reject); err != nil {
+				t.Fatal(err)
+			}
+			got := e.bars(t)
+			if len(got) != 3 {
+				t.Fatalf("got %d rows, want 3: %+v", len(got), got)
+			}
+			for _, r := range got {
+				if !r.TS.Equal(t0) || r.Open == nil || *r.Open != 20 || r.Volume == nil || *r.Volume != 200 {
+					t.Errorf("row %+v not updated", r)
+				}
+			}
+			if c.calls != 0 {
+				t.Errorf("reject called %d times: %v", c.calls, c.got)
+			}
+		})
+	}
+}
+
+func TestDuplicateKeysKeepLast(t *testing.T) {
+	ctx := context.Background()
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			e := newPGEnv(t, 1)
+			w := newBarsWriter(t, e, ModeUpsert, p.unnestMax)
+			// the same key five times, written in different notations:
+			// offsets, fractions below the microsecond, epoch ms
+			values := [][]byte{
+				barJSON("AAPL", t0, 1, 1),
+				[]byte(`{"symbol":"AAPL","ts":"2024-05-01T09:30:00-04:00","open":2,"volume":2}`),
+				barJSON("MSFT", t0, 9, 9),
+				fmt.Appendf(nil, `{"symbol":"AAPL","ts":%d,"open":3,"volume":3}`, t0.UnixMilli()),
+				[]byte(`{"symbol":"AAPL","ts":"2024-05-01T13:30:00.0000001Z","open":4,"volume":4}`),
+				[]byte(`{"symbol":"AAPL","ts":"2024-05-01T15:00:00.0000009+01:30","open":5,"volume":5}`),
+			}
+			b := barBatch(1, "bars", 0, 0, len(values), func(i int) []byte { return values[i] })
+			if err := w.Write(ctx, b, nil); err != nil {
+				t.Fatal(err)
+			}
+			got := e.bars(t)
+			if len(got) != 2 || got[0].Symbol != "AAPL" || *got[0].Open != 5 || *got[0].Volume != 5 || *got[1].Open != 9 {
+				t.Fatalf("got %+v, want AAPL open 5 and MSFT open 9", got)
+			}
+		})
+	}
+}
+
+func TestInsertMode(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 1)
+	events := Table{
+		Schema:  e.schema,
+		Name:    "events",
+		Columns: []Column{{"symbol", "text"}, {"ts", "timestamptz"}, {"open", "double precision"}, {"high", "double precision"}, {"low", "double precision"}, {"close", "double precision"}, {"volume", "bigint"}},
+		Mode:    ModeInsert,
+		Decode:  decodeBar,
+	}
+	w := newWriter(t, e, map[string]Table{"events": events}, defaultUnnestMax)
+	for id := range uint64(2) {
+		// the same five records twice, with a duplicate inside: all kept
+		b := barBatch(id, "events", 0, 0, 5, func(i int) []byte { return barJSON("AAPL", t0.Add(time.Duration(i%4)*time.Minute), 1, 1) })
+		if err := w.Write(ctx, b, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.count(t, "events"); n != 10 {
+		t.Fatalf("events has %d rows, want 10", n)
+	}
+}
+
+func TestDecodeRejectsAndTombstones(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 1)
+	w := newBarsWriter(t, e, ModeUpsert, defaultUnnestMax)
+	values := [][]byte{
+		barJSON("AAPL", t0, 1, 1),
+		[]byte(`{"symbol":"AAPL"`),
+		nil, // tombstone
+		[]byte(`{"symbol":"MSFT","ts":"yesterday"}`),
+		barJSON("MSFT", t0, 1, 1),
+	}
+	b := barBatch(7, "bars", 3, 100, len(values), func(i int) []byte { return values[i] })
+	var c collector
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(t, "bars"); n != 2 {
+		t.Errorf("bars has %d rows, want 2", n)
+	}
+	if c.calls != 1 || len(c.got) != 2 {
+		t.Fatalf("reject calls %d with %d records, want 1 call with 2", c.calls, len(c.got))
+	}
+	for i, want := range []struct {
+		offset int64
+		field  string
+	}{{101, "invalid JSON"}, {103, `field "ts"`}} {
+		r := c.got[i]
+		if r.Class != record.ClassDecode || r.Record.Offset != want.offset ||
+			!strings.Contains(r.Err.Error(), "bars/3@"+fmt.Sprint(want.offset)) || !strings.Contains(r.Err.Error(), want.field) {
+			t.Errorf("rejected[%d] = %s %s %v, want decode of offset %d naming %s", i, r.Record, r.Class, r.Err, want.offset, want.field)
+		}
+	}
+
+	// only undecodable records: no table rows, still dead-lettered
+	c = collector{}
+	b = barBatch(8, "bars", 3, 105, 1, func(int) []byte { return []byte(`[]`) })
+	if err := w.Write(ctx, b, c.reject); err != nil || len(c.got) != 1 {
+		t.Fatalf("Write = %v, rejected %d, want nil and 1", err, len(c.got))
+	}
+	// and without a reject function that is an error
+	if err := w.Write(ctx, b, nil); err == nil {
+		t.Fatal("Write without reject function accepted a rejected record")
+	}
+	// an unknown topic is an error
+	b = barBatch(9, "nope", 0, 0, 1, func(int) []byte { return barJSON("X", t0, 1, 1) })
+	if err := w.Write(ctx, b, c.reject); err == nil || !strings.Contains(err.Error(), `no table for topic "nope"`) {
+		t.Fatalf("Write to unknown topic = %v", err)
+	}
+}
+
+func TestExactlyOnce(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 2)
+	w := newBarsWriter(t, e, ModeExactlyOnce, defaultUnnestMax)
+	tp := record.TopicPartition{Topic: "bars", Partition: 2}
+	offsets := func() map[record.TopicPartition]int64 {
+		t.Helper()
+		got, err := w.Offsets(ctx, []record.TopicPartition{tp, {Topic: "bars", Partition: 9}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := offsets(); len(got) != 0 {
+		t.Fatalf("offsets before any write: %v", got)
+	}
+	bar := func(price float64) func(int) []byte {
+		return func(i int) []byte { return barJSON("S"+fmt.Sprint(i), t0, price, 1) }
+	}
+	if err := w.Write(ctx, barBatch(1, "bars", 2, 50, 10, bar(1)), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := offsets(); len(got) != 1 || got[tp] != 60 {
+		t.Fatalf("offsets = %v, want bars/2: 60", got)
+	}
+	if err := w.Write(ctx, barBatch(2, "bars", 2, 60, 10, bar(2)), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := offsets(); got[tp] != 70 {
+		t.Fatalf("offsets = %v, want bars/2: 70", got)
+	}
+
+	// a former owner's late batch, from an offset the row has left
+	err := w.Write(ctx, barBatch(3, "bars", 2, 55, 20, bar(3)), nil)
+	var fe *FencedError
+	if !errors.Is(err, ErrFenced) || !errors.As(err, &fe) || fe.Stored != 70 || fe.Span.From != 55 {
+		t.Fatalf("late batch: %v, want ErrFenced at stored 70", err)
+	}
+	if IsRetryable(err) {
+		t.Error("a fenced error is retryable")
+	}
+	// nothing of it landed
+	for _, r := range e.bars(t) {
+		if *r.Open != 2 {
+			t.Fatalf("fenced batch changed row %+v", r)
+		}
+	}
+	if got := offsets(); got[tp] != 70 {
+		t.Fatalf("offsets = %v after fenced write, want 70", got)
+	}
+
+	// the batch that was applied last, again (an ambiguous commit retried):
+	// skipped, not fenced, rows untouched
+	if err := w.Write(ctx, barBatch(2, "bars", 2, 60, 10, bar(4)), nil); err != nil {
+		t.Fatalf("re-applying the last batch: %v", err)
+	}
+	for _, r := range e.bars(t) {
+		if *r.Open != 2 {
+			t.Fatalf("re-applied batch changed row %+v", r)
+		}
+	}
+
+	// a failing reject function: nothing lands, the offset stays
+	c := collector{err: errors.New("dead letters down")}
+	b := barBatch(4, "bars", 2, 70, 3, func(i int) []byte {
+		if i == 1 {
+			return []byte("{")
+		}
+		return barJSON("NEW", t0.Add(time.Duration(i)*time.Second), 5, 5)
+	})
+	if err := w.Write(ctx, b, c.reject); !errors.Is(err, c.err) {
+		t.Fatalf("Write = %v, want the reject error", err)
+	}
+	if got := offsets(); got[tp] != 70 {
+		t.Fatalf("offsets = %v after failed reject, want 70", got)
+	}
+	if n := e.count(t, "bars"); n != 10 {
+		t.Fatalf("bars has %d rows after failed reject, want 10", n)
+	}
+}
+
+// poisonCase is a table with a way to make some rows fail for data reasons.
+type poisonCase struct {
+	name      string
+	table     func(schema string) Table
+	setup     string // SQL run after Migrate; %s is the table
+	bad       func(i int) []byte
+	unnestMax int
+}
+
+func TestPoisonIsolation(t *testing.T) {
+	checkVolume := "ALTER TABLE %s ADD CONSTRAINT volume_positive CHECK (volume >= 0)"
+	negative := func(i int) []byte { return barJSON(fmt.Sprintf("S%04d", i), t0, 1, -1) }
+	tooLong := func(i int) []byte { return barJSON(fmt.Sprintf("LONGSYMBOL%04d", i), t0, 1, 1) }
+	short := func(schema string) Table {
+		tb := Bars(schema, "bars")
+		tb.Columns = slices.Clone(tb.Columns)
+		tb.Columns[0].Type = "varchar(8)"
+		return tb
+	}
+	insert := func(schema string) Table {
+		tb := Bars(schema, "bars")
+		tb.Mode, tb.Key = ModeInsert, nil
+		return tb
+	}
+	cases := []poisonCase{
+		{name: "check constraint, unnest", table: func(s string) Table { return Bars(s, "bars") }, setup: checkVolume, bad: negative, unnestMax: 1 << 30},
+		{name: "check constraint, staging", table: func(s string) Table { return Bars(s, "bars") }, setup: checkVolume, bad: negative, unnestMax: 0},
+		{name: "varchar too long, unnest", table: short, bad: tooLong, unnestMax: 1 << 30},
+		{name: "varchar too long, staging", table: short, bad: tooLong, unnestMax: 0},
+		{name: "check constraint, insert mode", table: insert, setup: checkVolume, bad: negative},
+	}
+	ctx := context.Background()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newPGEnv(t, 2)
+			w := newWriter(t, e, map[string]Table{"bars": tc.table(e.schema)}, tc.unnestMax)
+			if tc.setup != "" {
+				e.exec(t, fmt.Sprintf(tc.setup, pgx.Identifier{e.schema, "bars"}.Sanitize()))
+			}
+			const n = 1000
+			badAt := map[int64]bool{}
+			for i := range 10 {
+				badAt[int64(i*97+13)] = true
+			}
+			b := barBatch(5, "bars", 1, 0, n, func(i int) []byte {
+				if badAt[int64(i)] {
+					return tc.bad(i)
+				}
+				return barJSON(fmt.Sprintf("S%04d", i), t0, 1, 1)
+			})
+
+			// a failing reject function: nothing lands
+			failing := collector{err: errors.New("dlq unavailable")}
+			if err := w.Write(ctx, b, failing.reject); !errors.Is(err, failing.err) {
+				t.Fatalf("Write = %v, want the reject error", err)
+			}
+			if got := e.count(t, "bars"); got != 0 {
+				t.Fatalf("%d rows landed although reject failed", got)
+			}
+
+			c := collector{check: func(rej []record.Rejected) {
+				// called before the commit: nothing visible yet
+				if got := e.count(t, "bars"); got != 0 {
+					t.Errorf("reject called after %d rows were committed", got)
+				}
+			}}
+			if err := w.Write(ctx, b, c.reject); err != nil {
+				t.Fatal(err)
+			}
+			if got := e.count(t, "bars"); got != n-10 {
+				t.Errorf("%d rows landed, want %d", got, n-10)
+			}
+			if c.calls != 1 || len(c.got) != 10 {
+				t.Fatalf("reject called %d times with %d records, want once with 10", c.calls, len(c.got))
+			}
+			for _, r := range c.got {
+				if !badAt[r.Record.Offset] || r.Class != record.ClassData || !IsDataError(r.Err) ||
+					!strings.Contains(r.Err.Error(), r.Record.String()) {
+					t.Errorf("rejected %s %s: %v", r.Record, r.Class, r.Err)
+				}
+			}
+		})
+	}
+}
+
+func TestConcurrentWriters(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 4)
+	w := newBarsWriter(t, e, ModeExactlyOnce, 100)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for p := range int32(4) {
+		wg.Go(func() {
+			for i := range 5 {
+				n := 50 + 100*(i%2) // both paths
+				b := barBatch(uint64(i), "bars", p, int64(i*1000), n, func(j int) []byte {
+					return barJSON(fmt.Sprintf("P%d", p), t0.Add(time.Duration(i*1000+j)*time.Second), 1, 1)
+				})
+				b.Spans[0].Next = int64((i + 1) * 1000)
+				if err := w.Write(ctx, b, nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := e.count(t, "bars"); n != 4*(50+150+50+150+50) {
+		t.Errorf("bars has %d rows", n)
+	}
+	var tps []record.TopicPartition
+	for p := range int32(4) {
+		tps = append(tps, record.TopicPartition{Topic: "bars", Partition: p})
+	}
+	got, err := w.Offsets(ctx, tps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 {
+		t.Errorf("offsets of %d partitions, want 4", len(got))
+	}
+	for tp, off := range got {
+		if off != 5000 {
+			t.Errorf("%s at %d, want 5000", tp, off)
+		}
+	}
+}
+
+func TestMigrate(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 2)
+	w := newBarsWriter(t, e, ModeUpsert, defaultUnnestMax) // migrates once
+	var wg sync.WaitGroup
+	for range 2 { // twice more, concurrently
+		wg.Go(func() {
+			if err := w.Migrate(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	var key string
+	err := e.pool.QueryRow(ctx, `SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'`,
+		pgx.Identifier{e.schema, "bars"}.Sanitize()).Scan(&key)
+	if err != nil || key != "PRIMARY KEY (symbol, ts)" {
+		t.Errorf("primary key %q, %v", key, err)
+	}
+
+	// an existing table that does not fit is reported, not altered
+	e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, "other"}.Sanitize()+" (symbol text, ts timestamptz)")
+	tb := Bars(e.schema, "other")
+	w2, err := New(e.pool, Config{Tables: map[string]Table{"t": tb}, OffsetsSchema: e.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = w2.Migrate(ctx)
+	if err == nil || !strings.Contains(err.Error(), "without column(s) open, high, low, close, volume") ||
+		!strings.Contains(err.Error(), "no unique index on (symbol, ts)") {
+		t.Fatalf("Migrate of a misfit table = %v", err)
+	}
+
+	// a new schema is created
+	tb = Bars(e.schema+"_x", "bars")
+	w3, err := New(e.pool, Config{Tables: map[string]Table{"t": tb}, OffsetsSchema: e.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.exec(t, "DROP SCHEMA "+pgx.Identifier{e.schema + "_x"}.Sanitize()+" CASCADE") })
+	if err := w3.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w3.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDataErrorFromServer checks the classification of errors the server
+// really sends.
+func TestDataErrorFromServer(t *testing.T) {
+	e := newPGEnv(t, 1)
+	ctx := context.Background()
+	_, err := e.pool.Exec(ctx, "SELECT 1/0")
+	if !IsDataError(err) || IsRetryable(err) {
+		t.Errorf("division by zero: data %v, retryable %v", IsDataError(err), IsRetryable(err))
+	}
+	_, err = e.pool.Exec(ctx, "SELECT * FROM no_such_table")
+	var pgErr *pgconn.PgError
+	if IsDataError(err) || IsRetryable(err) || !errors.As(err, &pgErr) {
+		t.Errorf("undefined table: data %v, retryable %v", IsDataError(err), IsRetryable(err))
+	}
+	_, err = e.pool.Exec(ctx, "SET statement_timeout = 10; SELECT pg_sleep(1)")
+	e.exec(t, "RESET statement_timeout")
+	if !IsRetryable(err) || IsDataError(err) {
+		t.Errorf("statement timeout %v: retryable %v", err, IsRetryable(err))
+	}
+}

@@ -1,0 +1,547 @@
+package sink
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/ktsink/connector/record"
+)
+
+// plan is a decoded batch: rows grouped by target, and the records that
+// could not be decoded.
+type plan struct {
+	groups     []*group // in w.targets order
+	rejected   []record.Rejected
+	tombstones int
+	spans      []record.Span // of exactly_once topics
+}
+
+// group is the rows of one batch for one target; recs[i] produced rows[i].
+type group struct {
+	t    *target
+	rows [][]any
+	recs []*record.Record
+}
+
+// errIsolate ends an attempt that met a data error without savepoints: the
+// batch is then written again, bisecting under savepoints.
+var errIsolate = errors.New("data error: isolating rows")
+
+// Write lands b in one transaction and returns nil once it is committed.
+// It is safe for concurrent use; each call takes its own connection.
+//
+// Tombstones (nil values) are skipped. For an upserted table only the last
+// record of each key is written (the earlier ones are older versions of the
+// same row; if the database refuses the last, it is rejected and the
+// earlier ones are not written either). Records that do not decode, and rows
+// the database refuses for data reasons (isolated by bisection under
+// savepoints), are passed to reject in one call before the commit; if
+// reject fails the transaction is rolled back and its error returned
+// (wrapped). In exactly_once mode the offsets rows of b's spans advance in
+// the same transaction; a span already applied (its stored next offset is
+// span.Next, e.g. after an ambiguous commit) is skipped, and a span whose
+// stored offset is anything else fails the Write with a *FencedError.
+// Any other error rolls back and is returned wrapped; see IsRetryable.
+// A record of a topic without a table is an error.
+func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) error {
+	p, err := w.decode(b)
+	if err != nil {
+		return fmt.Errorf("writing batch %d: %w", b.ID, err)
+	}
+	if p.tombstones > 0 {
+		w.log.Debug("skipped tombstones", "batch", b.ID, "count", p.tombstones)
+	}
+	if len(p.groups) == 0 && len(p.spans) == 0 {
+		// nothing for the database: only dead letters, if any
+		if len(p.rejected) > 0 {
+			if err := callReject(ctx, reject, p.rejected); err != nil {
+				return fmt.Errorf("writing batch %d: %w", b.ID, err)
+			}
+		}
+		return nil
+	}
+	err = w.attempt(ctx, b, p, reject, false)
+	if errors.Is(err, errIsolate) {
+		err = w.attempt(ctx, b, p, reject, true)
+	}
+	return err
+}
+
+// decode turns the batch's records into rows grouped by target, collapsing
+// duplicate keys where the target upserts.
+func (w *Writer) decode(b *record.Batch) (*plan, error) {
+	p := &plan{}
+	counts := make(map[*target]int, len(w.targets))
+	for _, r := range b.Records {
+		rt, ok := w.routes[r.Topic]
+		if !ok {
+			return nil, fmt.Errorf("record %s: no table for topic %q", r, r.Topic)
+		}
+		if r.Value != nil {
+			counts[rt.t]++
+		}
+	}
+	for _, s := range b.Spans {
+		rt, ok := w.routes[s.Topic]
+		if !ok {
+			return nil, fmt.Errorf("span %s: no table for topic %q", s, s.Topic)
+		}
+		if rt.t.def.Mode == ModeExactlyOnce {
+			p.spans = append(p.spans, s)
+		}
+	}
+	groups := make(map[*target]*group, len(counts))
+	for _, t := range w.targets {
+		if n := counts[t]; n > 0 {
+			g := &group{t: t, rows: make([][]any, 0, n), recs: make([]*record.Record, 0, n)}
+			groups[t] = g
+			p.groups = append(p.groups, g)
+		}
+	}
+	// one backing array per group for all its rows
+	backing := make(map[*target][]any, len(groups))
+	for t, g := range groups {
+		backing[t] = make([]any, cap(g.rows)*len(t.cols))
+	}
+	for _, r := range b.Records {
+		if r.Value == nil {
+			p.tombstones++
+			continue
+		}
+		rt := w.routes[r.Topic]
+		g := groups[rt.t]
+		n := len(rt.t.cols)
+		off := len(g.rows) * n
+		row := backing[rt.t][off : off+n : off+n]
+		if err := rt.decode(r, row); err != nil {
+			clear(row)
+			p.rejected = append(p.rejected, record.Rejected{
+				Record: r, Class: record.ClassDecode,
+				Err: fmt.Errorf("decoding %s for table %s: %w", r, rt.t.name, err),
+			})
+			continue
+		}
+		g.rows = append(g.rows, row)
+		g.recs = append(g.recs, r)
+	}
+	kept := p.groups[:0]
+	for _, g := range p.groups {
+		if g.t.upsert {
+			g.collapse()
+		}
+		if len(g.rows) > 0 {
+			kept = append(kept, g)
+		}
+	}
+	p.groups = kept
+	return p, nil
+}
+
+// collapse keeps the last row of each key, in place, in order.
+func (g *group) collapse() {
+	if len(g.rows) < 2 {
+		return
+	}
+	last := make(map[string]int, len(g.rows))
+	keep := make([]bool, len(g.rows))
+	var buf []byte
+	for i, row := range g.rows {
+		buf = buf[:0]
+		for j, c := range g.t.keyIdx {
+			buf = appendKey(buf, row[c], g.t.wallTime[j])
+		}
+		if prev, ok := last[string(buf)]; ok {
+			keep[prev] = false
+		}
+		last[string(buf)] = i
+		keep[i] = true
+	}
+	if len(last) == len(g.rows) {
+		return
+	}
+	n := 0
+	for i := range g.rows {
+		if keep[i] {
+			g.rows[n], g.recs[n] = g.rows[i], g.recs[i]
+			n++
+		}
+	}
+	clear(g.rows[n:])
+	clear(g.recs[n:])
+	g.rows, g.recs = g.rows[:n], g.recs[:n]
+}
+
+// appendKey appends an encoding of v under which two values are equal when
+// PostgreSQL would hold them equal as keys: timestamps to the microsecond
+// pgx sends, integers whatever their Go width, pointers by their target.
+func appendKey(buf []byte, v any, wall bool) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(buf, 0)
+	case string:
+		return appendKeyString(buf, x)
+	case *string:
+		if x == nil {
+			return append(buf, 0)
+		}
+		return appendKeyString(buf, *x)
+	case []byte:
+		return appendKeyString(buf, string(x))
+	case time.Time:
+		return appendKeyTime(buf, x, wall)
+	case *time.Time:
+		if x == nil {
+			return append(buf, 0)
+		}
+		return appendKeyTime(buf, *x, wall)
+	case int64:
+		return appendKeyInt(buf, x)
+	case *int64:
+		if x == nil {
+			return append(buf, 0)
+		}
+		return appendKeyInt(buf, *x)
+	case int32:
+		return appendKeyInt(buf, int64(x))
+	case *int32:
+		if x == nil {
+			return append(buf, 0)
+		}
+		return appendKeyInt(buf, int64(*x))
+	case int:
+		return appendKeyInt(buf, int64(x))
+	case float64:
+		return appendKeyFloat(buf, x)
+	case *float64:
+		if x == nil {
+			return append(buf, 0)
+		}
+		return appendKeyFloat(buf, *x)
+	case bool:
+		if x {
+			return append(buf, 5, 1)
+		}
+		return append(buf, 5, 0)
+	}
+	s := fmt.Sprintf("%T %v", v, v)
+	return appendKeyString(append(buf, 6), s)
+}
+
+func appendKeyString(buf []byte, s string) []byte {
+	buf = append(buf, 1)
+	buf = binary.AppendUvarint(buf, uint64(len(s)))
+	return append(buf, s...)
+}
+
+func appendKeyInt(buf []byte, n int64) []byte {
+	return binary.LittleEndian.AppendUint64(append(buf, 2), uint64(n))
+}
+
+func appendKeyFloat(buf []byte, f float64) []byte {
+	if f == 0 {
+		f = 0 // -0 = 0
+	}
+	return binary.LittleEndian.AppendUint64(append(buf, 3), math.Float64bits(f))
+}
+
+func appendKeyTime(buf []byte, t time.Time, wall bool) []byte {
+	if wall { // timestamp without time zone: pgx sends the wall clock
+		t = time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC)
+	}
+	buf = binary.LittleEndian.AppendUint64(append(buf, 4), uint64(t.Unix()))
+	return binary.LittleEndian.AppendUint32(buf, uint32(t.Nanosecond()/1000))
+}
+
+// attempt runs the batch's transaction once. Without isolate a data error
+// rolls back and returns errIsolate; with isolate the rows at fault are
+// found under savepoints and rejected.
+func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject RejectFunc, isolate bool) (err error) {
+	tx, err := w.db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("writing batch %d: beginning transaction: %w", b.ID, err)
+	}
+	committed := false
+	defer func() {
+		if committed {
+			return
+		}
+		// pgx closes a connection whose rollback fails; the error says
+		// nothing the caller could act on
+		if rbErr := tx.Rollback(ctx); rbErr != nil {
+			w.log.Debug("rollback failed", "batch", b.ID, "err", rbErr)
+		}
+	}()
+
+	if err := w.prelude(ctx, tx, p); err != nil {
+		return fmt.Errorf("writing batch %d: %w", b.ID, err)
+	}
+	skip, err := w.advanceOffsets(ctx, tx, p.spans)
+	if err != nil {
+		return fmt.Errorf("writing batch %d: %w", b.ID, err)
+	}
+	rejected := append([]record.Rejected(nil), p.rejected...)
+	for _, g := range p.groups {
+		rows, recs := g.rows, g.recs
+		if len(skip) > 0 {
+			rows, recs = without(skip, rows, recs)
+			if len(rows) == 0 {
+				continue
+			}
+		}
+		if isolate {
+			err = w.isolate(ctx, tx, g.t, rows, recs, &rejected)
+		} else {
+			err = w.land(ctx, tx, g.t, rows, false)
+			if splittable(err) {
+				w.log.Debug("data error: isolating rows", "batch", b.ID, "table", g.t.name, "err", err)
+				return errIsolate
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("writing batch %d to table %s: %w", b.ID, g.t.name, err)
+		}
+	}
+	if len(skip) > 0 {
+		n := 0
+		for _, r := range rejected {
+			if !skip[r.Record.TP()] {
+				rejected[n] = r
+				n++
+			}
+		}
+		rejected = rejected[:n]
+	}
+	if len(rejected) > 0 {
+		if err := callReject(ctx, reject, rejected); err != nil {
+			return fmt.Errorf("writing batch %d: %w", b.ID, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("writing batch %d: committing: %w", b.ID, err)
+	}
+	committed = true
+	return nil
+}
+
+func callReject(ctx context.Context, reject RejectFunc, rejected []record.Rejected) error {
+	if reject == nil {
+		return fmt.Errorf("%d records rejected (first: %v) and no reject function", len(rejected), rejected[0].Err)
+	}
+	if err := reject(ctx, rejected); err != nil {
+		return fmt.Errorf("rejecting %d records: %w", len(rejected), err)
+	}
+	return nil
+}
+
+// prelude sets the transaction's settings and makes sure the staging
+// tables the batch may need exist on this connection, in one round trip.
+func (w *Writer) prelude(ctx context.Context, tx pgx.Tx, p *plan) error {
+	timescale, err := w.detectTimescale(ctx, tx)
+	if err != nil {
+		return err
+	}
+	var stmts []string
+	if d := w.cfg.StatementTimeout; d > 0 {
+		stmts = append(stmts, "SET LOCAL statement_timeout = "+strconv.FormatInt(max(d.Milliseconds(), 1), 10))
+	}
+	if timescale {
+		// late upserts into compressed chunks must not hit the per
+		// transaction decompression limit (0: unlimited)
+		stmts = append(stmts, "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
+	}
+	for _, g := range p.groups {
+		if w.usesStaging(g.t, len(g.rows)) {
+			stmts = append(stmts, g.t.createStage)
+		}
+	}
+	if len(stmts) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, strings.Join(stmts, "; ")); err != nil {
+		return fmt.Errorf("preparing transaction: %w", err)
+	}
+	return nil
+}
+
+func (w *Writer) usesStaging(t *target, rows int) bool {
+	return t.upsert && (rows > w.unnestMax || !t.unnestOK)
+}
+
+// advanceOffsets moves each exactly_once span's offsets row from From to
+// Next. It returns the partitions whose span was applied already.
+func (w *Writer) advanceOffsets(ctx context.Context, tx pgx.Tx, spans []record.Span) (map[record.TopicPartition]bool, error) {
+	if len(spans) == 0 {
+		return nil, nil
+	}
+	batch := &pgx.Batch{}
+	for _, s := range spans {
+		batch.Queue(w.offsets.update, w.cfg.Group, s.Topic, s.Partition, s.From, s.Next)
+	}
+	br := tx.SendBatch(ctx, batch)
+	var missed []record.Span
+	for _, s := range spans {
+		tag, err := br.Exec()
+		if err != nil {
+			_ = br.Close()
+			return nil, fmt.Errorf("advancing offsets of %s: %w", s, err)
+		}
+		if tag.RowsAffected() == 0 {
+			missed = append(missed, s)
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("advancing offsets: %w", err)
+	}
+	var skip map[record.TopicPartition]bool
+	for _, s := range missed {
+		// no row from s.From: the partition's first batch, or fenced
+		tag, err := tx.Exec(ctx, w.offsets.insert, w.cfg.Group, s.Topic, s.Partition, s.Next)
+		if err != nil {
+			return nil, fmt.Errorf("inserting offsets of %s: %w", s, err)
+		}
+		if tag.RowsAffected() == 1 {
+			continue
+		}
+		stored := int64(-1)
+		err = tx.QueryRow(ctx, w.offsets.one, w.cfg.Group, s.Topic, s.Partition).Scan(&stored)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("reading offsets of %s: %w", s, err)
+		}
+		if stored != s.Next {
+			return nil, &FencedError{Span: s, Stored: stored}
+		}
+		if skip == nil {
+			skip = map[record.TopicPartition]bool{}
+		}
+		skip[s.TopicPartition] = true
+		w.log.Info("span applied already; skipping it", "span", s.String())
+	}
+	return skip, nil
+}
+
+// without drops the rows of skipped partitions.
+func without(skip map[record.TopicPartition]bool, rows [][]any, recs []*record.Record) ([][]any, []*record.Record) {
+	var r2 [][]any
+	var c2 []*record.Record
+	for i, r := range recs {
+		if !skip[r.TP()] {
+			r2 = append(r2, rows[i])
+			c2 = append(c2, r)
+		}
+	}
+	return r2, c2
+}
+
+// isolate lands rows under a savepoint; when the database refuses them for
+// data reasons it splits them in halves, in order, down to the single rows
+// at fault, which it appends to rejected.
+func (w *Writer) isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, recs []*record.Record, rejected *[]record.Rejected) error {
+	if _, err := tx.Exec(ctx, "SAVEPOINT ktsink_rows"); err != nil {
+		return err
+	}
+	err := w.land(ctx, tx, t, rows, true)
+	if err == nil {
+		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT ktsink_rows")
+		return err
+	}
+	if !splittable(err) {
+		return err
+	}
+	if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT ktsink_rows; RELEASE SAVEPOINT ktsink_rows"); rbErr != nil {
+		return rbErr
+	}
+	if len(rows) == 1 {
+		*rejected = append(*rejected, record.Rejected{
+			Record: recs[0], Class: record.ClassData,
+			Err: fmt.Errorf("writing %s to table %s: %w", recs[0], t.name, err),
+		})
+		return nil
+	}
+	mid := len(rows) / 2
+	if err := w.isolate(ctx, tx, t, rows[:mid], recs[:mid], rejected); err != nil {
+		return err
+	}
+	return w.isolate(ctx, tx, t, rows[mid:], recs[mid:], rejected)
+}
+
+// land writes rows to t by the fastest way for their number. moving
+// empties the staging table in the same statement, for when it is used
+// more than once in a transaction.
+func (w *Writer) land(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, moving bool) error {
+	switch {
+	case !t.upsert:
+		_, err := tx.CopyFrom(ctx, t.id, t.cols, pgx.CopyFromRows(rows))
+		return err
+	case !w.usesStaging(t, len(rows)):
+		args := make([]any, len(t.cols))
+		for c := range t.cols {
+			args[c] = columnArg(rows, c)
+		}
+		_, err := tx.Exec(ctx, t.fromUnnest, args...)
+		return err
+	}
+	if _, err := tx.CopyFrom(ctx, t.stageID, t.cols, pgx.CopyFromRows(rows)); err != nil {
+		return err
+	}
+	sql := t.fromStage
+	if moving {
+		sql = t.moveStage
+	}
+	_, err := tx.Exec(ctx, sql)
+	return err
+}
+
+// columnArg gathers column c of rows into one array parameter: a typed
+// slice when every value has the same common type (pgx encodes those
+// fastest), else a []any (with nils for NULLs).
+func columnArg(rows [][]any, c int) any {
+	var out any
+	ok := false
+	switch rows[0][c].(type) {
+	case string, *string:
+		out, ok = gather[string](rows, c)
+	case time.Time, *time.Time:
+		out, ok = gather[time.Time](rows, c)
+	case float64, *float64:
+		out, ok = gather[float64](rows, c)
+	case int64, *int64:
+		out, ok = gather[int64](rows, c)
+	case int32, *int32:
+		out, ok = gather[int32](rows, c)
+	case bool, *bool:
+		out, ok = gather[bool](rows, c)
+	}
+	if ok {
+		return out
+	}
+	vals := make([]any, len(rows))
+	for i, r := range rows {
+		vals[i] = r[c]
+	}
+	return vals
+}
+
+func gather[T any](rows [][]any, c int) ([]T, bool) {
+	out := make([]T, len(rows))
+	for i, r := range rows {
+		switch v := r[c].(type) {
+		case T:
+			out[i] = v
+		case *T:
+			if v == nil {
+				return nil, false
+			}
+			out[i] = *v
+		default:
+			return nil, false
+		}
+	}
+	return out, true
+}

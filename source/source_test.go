@@ -1,0 +1,247 @@
+package source
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ktsink/connector/coordinator"
+	"github.com/ktsink/connector/record"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// memSink records what lands and checks that one partition is never
+// written by two members at once.
+type memSink struct {
+	mu      sync.Mutex
+	rows    map[record.TopicPartition]map[int64]int // offset -> times landed
+	writing map[record.TopicPartition]string
+	bad     []string
+	delay   time.Duration
+}
+
+func newMemSink() *memSink {
+	return &memSink{rows: map[record.TopicPartition]map[int64]int{}, writing: map[record.TopicPartition]string{}}
+}
+
+func (s *memSink) writer(member string) coordinator.Sink { return &memWriter{s: s, member: member} }
+
+type memWriter struct {
+	s      *memSink
+	member string
+}
+
+func (w *memWriter) Write(ctx context.Context, b *record.Batch, _ func(context.Context, []record.Rejected) error) error {
+	s := w.s
+	s.mu.Lock()
+	for _, sp := range b.Spans {
+		if other := s.writing[sp.TopicPartition]; other != "" {
+			s.bad = append(s.bad, fmt.Sprintf("%s written by %s and %s at once", sp.TopicPartition, other, w.member))
+		}
+		s.writing[sp.TopicPartition] = w.member
+	}
+	s.mu.Unlock()
+	time.Sleep(s.delay)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, sp := range b.Spans {
+		s.writing[sp.TopicPartition] = ""
+	}
+	for _, r := range b.Records {
+		tp := r.TP()
+		if s.rows[tp] == nil {
+			s.rows[tp] = map[int64]int{}
+		}
+		s.rows[tp][r.Offset]++
+	}
+	return nil
+}
+
+type memWAL struct {
+	mu sync.Mutex
+	id uint64
+}
+
+func (m *memWAL) Append([]record.Span, int) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.id++
+	return m.id, nil
+}
+func (m *memWAL) MarkApplied(uint64) error                          { return nil }
+func (m *memWAL) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
+
+type noDLQ struct{}
+
+func (noDLQ) Write(context.Context, []record.Rejected) error { return nil }
+
+// member is one connector: a source and a coordinator.
+type member struct {
+	src    *Source
+	coord  *coordinator.Coordinator
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startMember(t *testing.T, name string, brokers []string, topic, group string, sink *memSink) *member {
+	t.Helper()
+	src, err := New(Config{Brokers: brokers, Group: group, Topics: []string{topic}, MaxPollRecords: 500, PollOnlyRoom: true,
+		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	coord, err := coordinator.New(coordinator.Config{
+		Capacity: 2000, HighWatermark: 1600, LowWatermark: 800, Workers: 2, BatchSize: 200,
+		FlushInterval: 5 * time.Millisecond, Overflow: coordinator.OverflowBlock, RevokeTimeout: 5 * time.Second,
+	}, sink.writer(name), &memWAL{}, noDLQ{}, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Bind(coord, coord)
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &member{src: src, coord: coord, cancel: cancel, done: make(chan struct{})}
+	coordErr := make(chan error, 1)
+	go func() { coordErr <- coord.Run(context.WithoutCancel(ctx)) }()
+	go func() {
+		defer close(m.done)
+		if err := src.Run(ctx); err != nil {
+			t.Errorf("%s: source: %v", name, err)
+		}
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer dcancel()
+		if err := coord.Drain(dctx); err != nil {
+			t.Errorf("%s: drain: %v", name, err)
+		}
+		src.Close()
+		<-coordErr
+	}()
+	return m
+}
+
+func (m *member) stop() {
+	m.cancel()
+	<-m.done
+}
+
+func produce(t *testing.T, cl *kgo.Client, topic string, n int) {
+	t.Helper()
+	for i := range n {
+		cl.Produce(context.Background(), &kgo.Record{Topic: topic, Key: []byte(fmt.Sprint(i % 97)), Value: []byte(fmt.Sprint(i))}, nil)
+	}
+	if err := cl.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitCommitted(t *testing.T, adm *kadm.Client, topic, group string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ends, err1 := adm.ListEndOffsets(ctx, topic)
+		com, err2 := adm.FetchOffsets(ctx, group)
+		cancel()
+		if err1 == nil && err2 == nil {
+			done := true
+			ends.Each(func(lo kadm.ListedOffset) {
+				c, ok := com.Lookup(lo.Topic, lo.Partition)
+				if !ok || c.At != lo.Offset {
+					done = false
+				}
+			})
+			if done {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("group %s never committed the log end of %s", group, topic)
+}
+
+func (s *memSink) check(t *testing.T, partitions int, perPartition map[int32]int64) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range s.bad {
+		t.Error(b)
+	}
+	for p := range int32(partitions) {
+		tp := record.TopicPartition{Topic: "t", Partition: p}
+		for o := int64(0); o < perPartition[p]; o++ {
+			if s.rows[tp][o] == 0 {
+				t.Fatalf("%s@%d never landed", tp, o)
+			}
+		}
+	}
+}
+
+func TestGroupLandsEverythingAndCommitsTheEnd(t *testing.T) {
+	fake, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(6, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	brokers := fake.ListenAddrs()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	produce(t, cl, "t", 20000)
+
+	sink := newMemSink()
+	m := startMember(t, "a", brokers, "t", "g1", sink)
+	waitCommitted(t, adm, "t", "g1", 30*time.Second)
+	m.stop()
+
+	ends, err := adm.ListEndOffsets(context.Background(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[int32]int64{}
+	ends.Each(func(lo kadm.ListedOffset) { per[lo.Partition] = lo.Offset })
+	sink.check(t, 6, per)
+}
+
+func TestMembersShareAndHandOverPartitions(t *testing.T) {
+	fake, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(12, "t"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	brokers := fake.ListenAddrs()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	sink := newMemSink()
+	sink.delay = time.Millisecond
+
+	a := startMember(t, "a", brokers, "t", "g2", sink)
+	b := startMember(t, "b", brokers, "t", "g2", sink)
+	produce(t, cl, "t", 20000)
+	time.Sleep(300 * time.Millisecond)
+	c := startMember(t, "c", brokers, "t", "g2", sink) // joins late
+	produce(t, cl, "t", 20000)
+	time.Sleep(300 * time.Millisecond)
+	b.stop() // leaves mid-stream: its partitions are revoked and handed over
+	produce(t, cl, "t", 20000)
+	waitCommitted(t, adm, "t", "g2", 60*time.Second)
+	a.stop()
+	c.stop()
+
+	ends, err := adm.ListEndOffsets(context.Background(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[int32]int64{}
+	ends.Each(func(lo kadm.ListedOffset) { per[lo.Partition] = lo.Offset })
+	sink.check(t, 12, per)
+}

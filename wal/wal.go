@@ -1,0 +1,734 @@
+// Package wal is the connector's write-ahead checkpoint: a small bbolt file
+// that says, per partition, which batches are known to be in PostgreSQL and
+// which were in flight when the process stopped.
+//
+// # Protocol
+//
+// A worker calls [WAL.Append] with the spans its batch covers (one
+// [record.Span] per partition; no record data, Kafka holds that) before its
+// database transaction starts, and [WAL.MarkApplied] after the transaction
+// commits. Once Kafka offsets have been committed, [WAL.Trim] deletes the
+// entries they cover. After a crash, [WAL.Recover] tells for one partition
+// how far the known-applied spans reach from the committed offset (commit
+// that first) and which pending batches were in doubt (re-read them from
+// Kafka and apply them again: upserts are idempotent).
+//
+// # Durability and fsync
+//
+// By default every Append and MarkApplied is one bbolt read-write
+// transaction whose commit is fsynced (fdatasync on Linux) before the call
+// returns: when Append returns, the pending entry survives a process crash
+// and an OS crash or power loss.
+//
+// [WithNoSync] skips the fsync. The WAL still survives a process crash
+// (SIGKILL, panic, OOM kill), because committed pages are in the kernel's
+// page cache; an OS crash or power loss can lose the most recent entries or
+// their applied marks. That never loses data: Kafka offsets are committed
+// only after a batch is applied, and re-applying a batch is idempotent, so
+// after such a crash the connector re-reads from the committed offset and
+// writes again what it may already have written. What is lost is the
+// in-doubt knowledge: the WAL can no longer say which batches were in flight,
+// nor advance past the committed offset, so recovery re-applies more.
+//
+// # Storage
+//
+// The file holds three buckets: entries (key: the entry ID as 8 big-endian
+// bytes; value: a compact varint encoding of the entry), index (key: topic,
+// partition, span From and entry ID, so that Trim and Recover read only the
+// spans of the partitions they are asked about) and meta (the format
+// version). bbolt runs with NoFreelistSync and the map freelist: writes skip
+// persisting the freelist, and Open rebuilds it by scanning the file, which
+// is cheap because entries are trimmed after every offset commit and the
+// file stays small.
+//
+// # Concurrency and locking
+//
+// A [WAL] is safe for concurrent use by several worker goroutines. Readers
+// (Recover's scan, Entries, Stats) run concurrently; writers are serialized
+// by bbolt, one fsynced commit after another. The file is locked (flock)
+// while open: a second Open of the same path, by this process or another,
+// fails with [ErrLocked] after [LockTimeout], and so does [Inspect] while a
+// connector holds the file.
+package wal
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/ktsink/connector/record"
+)
+
+// LockTimeout is how long Open and Inspect wait for the file lock before
+// giving up with ErrLocked.
+const LockTimeout = time.Second
+
+// formatVersion is stored in the meta bucket; Open refuses other versions.
+const formatVersion = 1
+
+var (
+	bucketEntries = []byte("entries")
+	bucketIndex   = []byte("index")
+	bucketMeta    = []byte("meta")
+	keyVersion    = []byte("version")
+)
+
+var (
+	// ErrNotFound is returned by MarkApplied when no entry has the given ID:
+	// it was never appended, or it has been trimmed.
+	ErrNotFound = errors.New("entry not found")
+
+	// ErrClosed is returned by every method of a WAL after Close, and by a
+	// second Close.
+	ErrClosed = errors.New("closed")
+
+	// ErrLocked is returned by Open and Inspect when another WAL, in this
+	// process or another, has held the file's lock for LockTimeout.
+	ErrLocked = errors.New("locked by another process")
+
+	// ErrInvalidBatch is returned by Append when the batch has no spans,
+	// names a partition twice, has a negative record count, or has a span
+	// with an empty topic, a negative partition or not 0 <= From < Next.
+	ErrInvalidBatch = errors.New("invalid batch")
+
+	// ErrCorrupt is returned when a stored entry or index key cannot be
+	// decoded, the index and the entries disagree, or a bucket is missing.
+	ErrCorrupt = errors.New("corrupt")
+
+	// ErrUnsupportedFormat is returned by Open and Inspect when the file was
+	// written in a format version this package does not know.
+	ErrUnsupportedFormat = errors.New("unsupported format version")
+)
+
+// State is the state of a WAL entry.
+type State uint8
+
+const (
+	// StatePending means the batch's transaction may or may not have
+	// committed.
+	StatePending State = iota + 1
+	// StateApplied means the batch's transaction committed.
+	StateApplied
+)
+
+// String returns "pending" or "applied".
+func (s State) String() string {
+	switch s {
+	case StatePending:
+		return "pending"
+	case StateApplied:
+		return "applied"
+	default:
+		return fmt.Sprintf("State(%d)", uint8(s))
+	}
+}
+
+// Entry is one batch as the WAL knows it.
+type Entry struct {
+	// ID is assigned by Append, increasing, never reused (even after Trim
+	// or reopening).
+	ID uint64
+	// Spans holds one span per partition the batch covers, in the order
+	// given to Append; From..Next, Next exclusive.
+	Spans []record.Span
+	// Records is the number of records in the batch.
+	Records int
+	State   State
+	// Created is when the entry was appended.
+	Created time.Time
+	// Applied is when the entry was marked applied; zero unless applied.
+	Applied time.Time
+}
+
+// Span returns the entry's span of tp, if it has one.
+func (e *Entry) Span(tp record.TopicPartition) (record.Span, bool) {
+	for _, s := range e.Spans {
+		if s.TopicPartition == tp {
+			return s, true
+		}
+	}
+	return record.Span{}, false
+}
+
+// Recovery is what the WAL knows about one partition after a restart.
+type Recovery struct {
+	// AppliedThrough is the offset up to which (exclusive) the partition's
+	// records are known to be in the database: the end of the chain of
+	// applied spans that starts at the committed offset. It equals the
+	// committed offset when nothing chains, and is -1 when there was no
+	// committed offset. Commit it before consuming.
+	AppliedThrough int64
+	// InDoubt holds the pending entries with a span of the partition that
+	// ends past AppliedThrough, by ID: their transactions may or may not
+	// have committed, so their records must be read again and re-applied.
+	InDoubt []Entry
+	// Trimmed is how many stale entries (all spans at or below the
+	// committed offset) Recover deleted.
+	Trimmed int
+}
+
+// Stats counts the entries of a WAL.
+type Stats struct {
+	Pending int
+	Applied int
+	// OldestPending is the Created time of the oldest pending entry; zero
+	// when there is none. A pending entry that stays old is a stuck batch.
+	OldestPending time.Time
+	// FileBytes is the size of the file on disk.
+	FileBytes int64
+}
+
+type options struct {
+	noSync bool
+	now    func() time.Time
+	logger *slog.Logger
+	// failpoint, when set, is called by write transactions just before
+	// they commit, with the operation's name ("append", "mark"). Tests use
+	// it to kill the process with a transaction open.
+	failpoint func(name string)
+}
+
+// Option configures Open.
+type Option func(*options)
+
+// WithNoSync skips the fsync after each commit. Faster; an OS crash or
+// power loss (not a process crash) can then lose the latest entries. See
+// the package documentation for why that is safe for the data.
+func WithNoSync() Option { return func(o *options) { o.noSync = true } }
+
+// WithClock sets the clock used for Created and Applied times. The default
+// is time.Now.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithLogger sets the logger. The default discards. The WAL adds
+// component=wal.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WAL is an open write-ahead checkpoint file. It is safe for concurrent use
+// by several goroutines. It must be closed with Close, which releases the
+// file lock.
+type WAL struct {
+	path      string
+	db        *bolt.DB
+	now       func() time.Time
+	log       *slog.Logger
+	failpoint func(string)
+
+	// mu guards closed: operations hold it for reading, Close for writing,
+	// so Close waits for operations in progress.
+	mu     sync.RWMutex
+	closed bool
+}
+
+// Open opens the WAL at path, creating it (file mode 0600, missing parent
+// directories 0700) if it does not exist. It waits at most LockTimeout for
+// the file lock and then fails with ErrLocked.
+func Open(path string, opts ...Option) (*WAL, error) {
+	o := options{now: time.Now, logger: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if path == "" {
+		return nil, errors.New("opening wal: empty path")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("opening wal %s: creating directory: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        LockTimeout,
+		NoSync:         o.noSync,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, openError("opening", path, err)
+	}
+	w := &WAL{
+		path:      path,
+		db:        db,
+		now:       o.now,
+		log:       o.logger.With("component", "wal"),
+		failpoint: o.failpoint,
+	}
+	var st Stats
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keyVersion); v == nil {
+			if err := meta.Put(keyVersion, []byte{formatVersion}); err != nil {
+				return err
+			}
+		} else if len(v) != 1 || v[0] != formatVersion {
+			return fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
+		}
+		for _, name := range [][]byte{bucketEntries, bucketIndex} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		st, err = countEntries(tx)
+		return err
+	})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("opening wal %s: %w", path, err), db.Close())
+	}
+	w.log.Debug("wal opened", "path", path, "fsync", !o.noSync,
+		"pending", st.Pending, "applied", st.Applied)
+	return w, nil
+}
+
+func openError(doing, path string, err error) error {
+	if errors.Is(err, berrors.ErrTimeout) {
+		return fmt.Errorf("%s wal %s: %w (waited %s for the file lock; is another connector using this path?)",
+			doing, path, ErrLocked, LockTimeout)
+	}
+	return fmt.Errorf("%s wal %s: %w", doing, path, err)
+}
+
+// Path returns the file's path.
+func (w *WAL) Path() string { return w.path }
+
+// Append records a batch as pending and returns its ID once the entry is
+// durable (see the package documentation for WithNoSync). Call it before
+// the batch's database transaction starts.
+func (w *WAL) Append(spans []record.Span, records int) (uint64, error) {
+	if err := validateBatch(spans, records); err != nil {
+		return 0, w.errorf("appending batch: %w", err)
+	}
+	created := w.now()
+	var id uint64
+	err := w.update(func(tx *bolt.Tx) error {
+		entries, index, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		seq, err := entries.NextSequence()
+		if err != nil {
+			return err
+		}
+		e := Entry{ID: seq, Spans: spans, Records: records, State: StatePending, Created: created}
+		if err := entries.Put(idKey(seq), appendEntry(nil, &e)); err != nil {
+			return err
+		}
+		for _, s := range spans {
+			if err := index.Put(indexKey(s.TopicPartition, s.From, seq), []byte{}); err != nil {
+				return err
+			}
+		}
+		w.fail("append")
+		id = seq
+		return nil
+	})
+	if err != nil {
+		return 0, w.errorf("appending batch: %w", err)
+	}
+	return id, nil
+}
+
+// MarkApplied records that entry id's transaction committed. Marking an
+// applied entry again does nothing. It returns ErrNotFound if no entry has
+// that ID.
+func (w *WAL) MarkApplied(id uint64) error {
+	applied := w.now()
+	err := w.update(func(tx *bolt.Tx) error {
+		entries, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		v := entries.Get(idKey(id))
+		if v == nil {
+			return ErrNotFound
+		}
+		e, err := decodeEntry(id, v)
+		if err != nil {
+			return err
+		}
+		if e.State == StateApplied {
+			return nil
+		}
+		e.State, e.Applied = StateApplied, applied
+		if err := entries.Put(idKey(id), appendEntry(nil, &e)); err != nil {
+			return err
+		}
+		w.fail("mark")
+		return nil
+	})
+	if err != nil {
+		return w.errorf("marking entry %d applied: %w", id, err)
+	}
+	return nil
+}
+
+// Trim deletes the entries whose every span is done, a span being done when
+// its Next is at or below the committed offset of its partition in
+// committed (a partition missing from the map has nothing done). That
+// includes pending entries: the committed offset passed them, so their
+// records were applied by someone (a retry, or another process). It returns
+// how many entries it deleted. When there is nothing to delete it does not
+// write to the file.
+func (w *WAL) Trim(committed map[record.TopicPartition]int64) (removed int, err error) {
+	var found bool
+	err = w.view(func(tx *bolt.Tx) error {
+		victims, err := trimmable(tx, committed)
+		found = len(victims) > 0
+		return err
+	})
+	if err != nil {
+		return 0, w.errorf("trimming: %w", err)
+	}
+	if !found {
+		return 0, nil
+	}
+	var victims []Entry
+	err = w.update(func(tx *bolt.Tx) error {
+		var err error
+		if victims, err = trimmable(tx, committed); err != nil {
+			return err
+		}
+		for i := range victims {
+			if err := deleteEntry(tx, &victims[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, w.errorf("trimming: %w", err)
+	}
+	for i := range victims {
+		if e := &victims[i]; e.State == StatePending {
+			w.log.Debug("trimmed pending entry passed by committed offsets",
+				"id", e.ID, "spans", e.Spans, "created", e.Created)
+		}
+	}
+	return len(victims), nil
+}
+
+// Recover returns what the WAL knows about partition tp, whose committed
+// offset in Kafka is committed (negative if there is none).
+//
+// Starting at committed, it follows the applied spans of tp in order of
+// From, each span continuing the chain when its From is where the chain
+// has reached; when several applied spans start there, the longest wins.
+// AppliedThrough is where the chain ends (committed itself when nothing
+// chains; -1 when there is no committed offset, since nothing is then known
+// about where consumption began). InDoubt lists the pending entries whose
+// span of tp ends past AppliedThrough. Entries whose spans are all done
+// with respect to tp's committed offset are stale and are deleted, as
+// Trim(map{tp: committed}) would.
+func (w *WAL) Recover(tp record.TopicPartition, committed int64) (Recovery, error) {
+	if committed < 0 {
+		committed = -1
+	}
+	var rec Recovery
+	if committed >= 0 {
+		n, err := w.Trim(map[record.TopicPartition]int64{tp: committed})
+		if err != nil {
+			return Recovery{}, err
+		}
+		rec.Trimmed = n
+	}
+	err := w.view(func(tx *bolt.Tx) error {
+		var err error
+		rec.AppliedThrough, rec.InDoubt, err = recoverPartition(tx, tp, committed)
+		return err
+	})
+	if err != nil {
+		return Recovery{}, w.errorf("recovering %s: %w", tp, err)
+	}
+	w.log.Debug("wal recovered partition", "partition", tp, "committed", committed,
+		"applied_through", rec.AppliedThrough, "in_doubt", len(rec.InDoubt), "trimmed", rec.Trimmed)
+	return rec, nil
+}
+
+// Entries returns all entries, by ID.
+func (w *WAL) Entries() ([]Entry, error) {
+	var out []Entry
+	err := w.view(func(tx *bolt.Tx) error {
+		var err error
+		out, err = readEntries(tx)
+		return err
+	})
+	if err != nil {
+		return nil, w.errorf("reading entries: %w", err)
+	}
+	return out, nil
+}
+
+// Stats counts the entries and measures the file.
+func (w *WAL) Stats() (Stats, error) {
+	var st Stats
+	err := w.view(func(tx *bolt.Tx) error {
+		var err error
+		st, err = countEntries(tx)
+		return err
+	})
+	if err != nil {
+		return Stats{}, w.errorf("reading stats: %w", err)
+	}
+	fi, err := os.Stat(w.path)
+	if err != nil {
+		return Stats{}, w.errorf("reading stats: %w", err)
+	}
+	st.FileBytes = fi.Size()
+	return st, nil
+}
+
+// Close waits for operations in progress, closes the file and releases its
+// lock. A second Close returns ErrClosed.
+func (w *WAL) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return w.errorf("closing: %w", ErrClosed)
+	}
+	w.closed = true
+	if err := w.db.Close(); err != nil {
+		return w.errorf("closing: %w", err)
+	}
+	return nil
+}
+
+// errorf wraps an error, naming the WAL's path.
+func (w *WAL) errorf(format string, args ...any) error {
+	return fmt.Errorf("wal %s: "+format, append([]any{w.path}, args...)...)
+}
+
+func (w *WAL) fail(name string) {
+	if w.failpoint != nil {
+		w.failpoint(name)
+	}
+}
+
+func (w *WAL) update(fn func(*bolt.Tx) error) error {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return ErrClosed
+	}
+	return w.db.Update(fn)
+}
+
+func (w *WAL) view(fn func(*bolt.Tx) error) error {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return ErrClosed
+	}
+	return w.db.View(fn)
+}
+
+func validateBatch(spans []record.Span, records int) error {
+	if len(spans) == 0 {
+		return fmt.Errorf("%w: no spans", ErrInvalidBatch)
+	}
+	if records < 0 {
+		return fmt.Errorf("%w: negative record count %d", ErrInvalidBatch, records)
+	}
+	for i, s := range spans {
+		switch {
+		case s.Topic == "":
+			return fmt.Errorf("%w: span %v has no topic", ErrInvalidBatch, s)
+		case s.Partition < 0:
+			return fmt.Errorf("%w: span %v has a negative partition", ErrInvalidBatch, s)
+		case s.From < 0 || s.Next <= s.From:
+			return fmt.Errorf("%w: span %v: want 0 <= From < Next", ErrInvalidBatch, s)
+		}
+		for _, t := range spans[:i] {
+			if t.TopicPartition == s.TopicPartition {
+				return fmt.Errorf("%w: partition %v appears twice", ErrInvalidBatch, s.TopicPartition)
+			}
+		}
+	}
+	return nil
+}
+
+func buckets(tx *bolt.Tx) (entries, index *bolt.Bucket, err error) {
+	entries, index = tx.Bucket(bucketEntries), tx.Bucket(bucketIndex)
+	if entries == nil || index == nil {
+		return nil, nil, fmt.Errorf("%w: missing bucket", ErrCorrupt)
+	}
+	return entries, index, nil
+}
+
+// trimmable returns, by ID, the entries whose spans are all done with
+// respect to committed. It finds candidates through the index: only spans
+// with From below a committed offset can be done.
+func trimmable(tx *bolt.Tx, committed map[record.TopicPartition]int64) ([]Entry, error) {
+	entries, index, err := buckets(tx)
+	if err != nil {
+		return nil, err
+	}
+	var ids []uint64
+	for tp, off := range committed {
+		prefix := tpPrefix(nil, tp)
+		c := index.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
+			from, id, err := parseIndexKey(k, len(prefix))
+			if err != nil {
+				return nil, err
+			}
+			if from >= off {
+				break
+			}
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	var out []Entry
+	for _, id := range ids {
+		v := entries.Get(idKey(id))
+		if v == nil {
+			return nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
+		}
+		e, err := decodeEntry(id, v)
+		if err != nil {
+			return nil, err
+		}
+		if allDone(&e, committed) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func allDone(e *Entry, committed map[record.TopicPartition]int64) bool {
+	for _, s := range e.Spans {
+		off, ok := committed[s.TopicPartition]
+		if !ok || s.Next > off {
+			return false
+		}
+	}
+	return true
+}
+
+func deleteEntry(tx *bolt.Tx, e *Entry) error {
+	entries, index, err := buckets(tx)
+	if err != nil {
+		return err
+	}
+	if err := entries.Delete(idKey(e.ID)); err != nil {
+		return err
+	}
+	for _, s := range e.Spans {
+		if err := index.Delete(indexKey(s.TopicPartition, s.From, e.ID)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recoverPartition computes AppliedThrough and InDoubt for tp; committed is
+// -1 or a committed offset. Spans at or below committed are ignored.
+func recoverPartition(tx *bolt.Tx, tp record.TopicPartition, committed int64) (int64, []Entry, error) {
+	entries, index, err := buckets(tx)
+	if err != nil {
+		return 0, nil, err
+	}
+	applied := make(map[int64]int64) // From -> the longest applied span's Next
+	var pending []Entry
+	prefix := tpPrefix(nil, tp)
+	c := index.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
+		_, id, err := parseIndexKey(k, len(prefix))
+		if err != nil {
+			return 0, nil, err
+		}
+		v := entries.Get(idKey(id))
+		if v == nil {
+			return 0, nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
+		}
+		e, err := decodeEntry(id, v)
+		if err != nil {
+			return 0, nil, err
+		}
+		s, ok := e.Span(tp)
+		if !ok {
+			return 0, nil, fmt.Errorf("%w: index names entry %d for %v, which it does not cover", ErrCorrupt, id, tp)
+		}
+		if s.Next <= committed {
+			continue
+		}
+		if e.State == StateApplied {
+			applied[s.From] = max(applied[s.From], s.Next)
+		} else {
+			pending = append(pending, e)
+		}
+	}
+	through := committed
+	if committed >= 0 {
+		for next, ok := applied[through]; ok; next, ok = applied[through] {
+			through = next // Next > From, so the walk ends
+		}
+	}
+	var inDoubt []Entry
+	for _, e := range pending {
+		if s, _ := e.Span(tp); s.Next > through {
+			inDoubt = append(inDoubt, e)
+		}
+	}
+	slices.SortFunc(inDoubt, func(a, b Entry) int { return cmp.Compare(a.ID, b.ID) })
+	return through, inDoubt, nil
+}
+
+func readEntries(tx *bolt.Tx) ([]Entry, error) {
+	entries, _, err := buckets(tx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	err = entries.ForEach(func(k, v []byte) error {
+		id, err := parseIDKey(k)
+		if err != nil {
+			return err
+		}
+		e, err := decodeEntry(id, v)
+		if err != nil {
+			return err
+		}
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}
+
+func countEntries(tx *bolt.Tx) (Stats, error) {
+	entries, _, err := buckets(tx)
+	if err != nil {
+		return Stats{}, err
+	}
+	var st Stats
+	err = entries.ForEach(func(k, v []byte) error {
+		id, err := parseIDKey(k)
+		if err != nil {
+			return err
+		}
+		e, err := decodeEntry(id, v)
+		if err != nil {
+			return err
+		}
+		switch e.State {
+		case StateApplied:
+			st.Applied++
+		default:
+			st.Pending++
+			if st.OldestPending.IsZero() || e.Created.Before(st.OldestPending) {
+				st.OldestPending = e.Created
+			}
+		}
+		return nil
+	})
+	return st, err
+}
