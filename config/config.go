@@ -47,6 +47,10 @@ type Kafka struct {
 	Group string `yaml:"group"`
 	// ClientID names this process to the brokers. Default "ktsink".
 	ClientID string `yaml:"client_id"`
+	// InstanceID turns on static group membership (KIP-345): a process
+	// restarted with the same id takes its partitions back at once, with no
+	// rebalance. Unique per process. Default empty: dynamic membership.
+	InstanceID string `yaml:"instance_id"`
 	// MaxPollRecords bounds the records taken from the client per poll.
 	// Default 10000.
 	MaxPollRecords int `yaml:"max_poll_records"`

@@ -19,7 +19,7 @@ type Env func(key string) (string, bool)
 // setting it overrides. Documented in the README; checked against
 // docker-compose.yml.
 var EnvVars = []string{
-	"KAFKA_BROKERS", "KAFKA_GROUP", "DATABASE_URL",
+	"KAFKA_BROKERS", "KAFKA_GROUP", "KAFKA_INSTANCE_ID", "DATABASE_URL",
 	"POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
 	"MDS_COORDINATOR_CAPACITY", "MDS_COORDINATOR_WORKERS", "MDS_COORDINATOR_BATCH_SIZE",
 	"MDS_COORDINATOR_FLUSH_INTERVAL", "MDS_COORDINATOR_OVERFLOW",
@@ -73,6 +73,7 @@ func ApplyEnv(c *Config, env Env) error {
 		c.Kafka.Brokers = splitList(v)
 	}
 	str("KAFKA_GROUP", &c.Kafka.Group)
+	str("KAFKA_INSTANCE_ID", &c.Kafka.InstanceID)
 	if err := applyPostgresEnv(c, env); err != nil {
 		errs = append(errs, err)
 	}

@@ -57,7 +57,7 @@ fetch() {
   say "fetching Apache Kafka $version jars from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
-  mvn -B -q -f "$pom" dependency:copy-dependencies \
+  mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
     -DoutputDirectory="$libs" -DincludeScope=runtime >&2 ||
     die "mvn could not fetch the Kafka $version jars (see the output above)"
   [ -f "$libs/kafka_2.13-$version.jar" ] || die "kafka_2.13-$version.jar missing from $libs after mvn"

@@ -49,6 +49,7 @@ type Config struct {
 	Brokers          []string
 	Group            string
 	ClientID         string
+	InstanceID       string // static membership when set
 	Topics           []string
 	MaxPollRecords   int
 	FetchMaxBytes    int32
@@ -141,10 +142,15 @@ func New(cfg Config, opts ...Option) (*Source, error) {
 		kgo.OnPartitionsRevoked(s.onRevoked),
 		kgo.OnPartitionsLost(s.onLost),
 		kgo.AdjustFetchOffsetsFn(s.adjustOffsets),
-		kgo.WithLogger(kslog.New(s.log.With("component", "franz-go"))),
+		// franz-go's debug lines are per request: keep its logs at info
+		// and above even when the connector logs at debug
+		kgo.WithLogger(kslog.New(slog.New(atLeast{s.log.Handler(), slog.LevelInfo}).With("component", "franz-go"))),
 	}
 	if cfg.ClientID != "" {
 		kopts = append(kopts, kgo.ClientID(cfg.ClientID))
+	}
+	if cfg.InstanceID != "" {
+		kopts = append(kopts, kgo.InstanceID(cfg.InstanceID))
 	}
 	if cfg.FetchMaxBytes > 0 {
 		kopts = append(kopts, kgo.FetchMaxBytes(cfg.FetchMaxBytes), kgo.BrokerMaxReadBytes(2*cfg.FetchMaxBytes))
@@ -456,4 +462,22 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// atLeast passes on records at or above a level.
+type atLeast struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h atLeast) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h atLeast) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return atLeast{h.Handler.WithAttrs(attrs), h.min}
+}
+
+func (h atLeast) WithGroup(name string) slog.Handler {
+	return atLeast{h.Handler.WithGroup(name), h.min}
 }

@@ -76,18 +76,42 @@ func newEnv(t *testing.T, partitions int32) *env {
 	return e
 }
 
+// topicOpts are the per-run settings of writeConfig.
+type topicOpts struct {
+	mode       string // default upsert
+	appendOnly bool
+	instance   string // static membership id
+	workers    int    // default 4
+	capacity   int    // default 20000
+	batch      int    // default 2000
+}
+
 // writeConfig writes a YAML config for this env and returns its path.
-func (e *env) writeConfig(name, mode string, extra string) string {
+func (e *env) writeConfig(name string, o topicOpts) string {
 	e.t.Helper()
+	if o.mode == "" {
+		o.mode = "upsert"
+	}
+	if o.workers == 0 {
+		o.workers = 4
+	}
+	if o.capacity == 0 {
+		o.capacity = 20000
+	}
+	if o.batch == 0 {
+		o.batch = 2000
+	}
 	cfg := fmt.Sprintf(`kafka:
   group: %s
+  instance_id: "%s"
+  session_timeout: 6s
+  rebalance_timeout: 20s
 postgres:
   schema: %s
-  offsets_table: ktsink_offsets
 coordinator:
-  workers: 4
-  batch_size: 2000
-  capacity: 20000
+  workers: %d
+  batch_size: %d
+  capacity: %d
 wal:
   path: %s
 dlq:
@@ -95,13 +119,16 @@ dlq:
   file: %s
 metrics:
   addr: "127.0.0.1:0"
+  queue_poll: 50ms
 shutdown_timeout: 30s
 topics:
   - name: %s
     kind: bars
     table: bars
     mode: %s
-%s`, e.group, e.schema, filepath.Join(e.dir, name+".wal"), filepath.Join(e.dir, "dlq.ndjson"), e.topic, mode, extra)
+    append_only: %v
+`, e.group, o.instance, e.schema, o.workers, o.batch, o.capacity, filepath.Join(e.dir, name+".wal"),
+		filepath.Join(e.dir, name+"-dlq.ndjson"), e.topic, o.mode, o.appendOnly)
 	p := filepath.Join(e.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)
@@ -197,6 +224,21 @@ func (p *proc) statusAddr(t *testing.T) string {
 	return ""
 }
 
+// waitLog waits until the process has logged a line containing s.
+func (p *proc) waitLog(t *testing.T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(p.logText(), s) {
+		if p.exited() {
+			t.Fatalf("connector exited (%v) before logging %q:\n%s", p.err, s, tail(p.logText(), 30))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connector did not log %q within %s:\n%s", s, timeout, tail(p.logText(), 30))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (p *proc) stop(t *testing.T, timeout time.Duration) error {
 	t.Helper()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -232,6 +274,22 @@ func (e *env) produce(g *loadgen.Bars, n int64, want map[barKey]loadgen.Bar) {
 	before := g.Clone()
 	if _, err := loadgen.ProduceBars(ctx, e.cl, g, loadgen.Options{Topic: e.topic, Count: n}); err != nil {
 		e.t.Fatal(err)
+	}
+	for range n {
+		b := before.Next()
+		want[barKey{b.Symbol, b.TS.UnixMicro()}] = b
+	}
+}
+
+// produceAt is produce at a steady rate; safe to run beside the test
+// (want is written only here until it returns).
+func (e *env) produceAt(g *loadgen.Bars, n int64, rate float64, want map[barKey]loadgen.Bar) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	before := g.Clone()
+	if _, err := loadgen.ProduceBars(ctx, e.cl, g, loadgen.Options{Topic: e.topic, Count: n, Rate: rate}); err != nil {
+		e.t.Error(err)
+		return
 	}
 	for range n {
 		b := before.Next()
@@ -343,7 +401,7 @@ func TestEndToEndExactLanding(t *testing.T) {
 	want := map[barKey]loadgen.Bar{}
 	g := loadgen.NewBars(11, 500, 0)
 	e.produce(g, 200_000, want)
-	p := e.start(e.writeConfig("exact", "upsert", ""))
+	p := e.start(e.writeConfig("exact", topicOpts{}))
 	e.waitCaughtUp(5*time.Minute, p)
 	if err := p.stop(t, 30*time.Second); err != nil {
 		t.Fatalf("connector exit: %v", err)
@@ -362,7 +420,7 @@ func TestEndToEndLastValueWinsWithFourWorkers(t *testing.T) {
 	if len(want) >= 60_000 {
 		t.Fatalf("generator made no updates")
 	}
-	p := e.start(e.writeConfig("order", "upsert", ""))
+	p := e.start(e.writeConfig("order", topicOpts{workers: 4}))
 	e.waitCaughtUp(3*time.Minute, p)
 	if err := p.stop(t, 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -371,48 +429,65 @@ func TestEndToEndLastValueWinsWithFourWorkers(t *testing.T) {
 }
 
 func TestEndToEndCrashes(t *testing.T) {
-	for _, mode := range []string{"upsert", "exactly_once"} {
-		t.Run(mode, func(t *testing.T) {
+	tests := []struct {
+		name string
+		opts topicOpts
+	}{
+		{name: "upsert", opts: topicOpts{mode: "upsert", instance: "crash-1"}},
+		// an append-only table: only the offsets stored with the rows keep
+		// re-applied batches from duplicating rows
+		{name: "exactly_once append-only", opts: topicOpts{mode: "exactly_once", appendOnly: true, instance: "crash-1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, 8)
 			want := map[barKey]loadgen.Bar{}
 			g := loadgen.NewBars(13, 400, 0)
-			cfg := e.writeConfig("crash", mode, "")
-			var produced sync.WaitGroup
-			produced.Add(1)
+			cfg := e.writeConfig("crash", tt.opts)
+			// the stream is produced at 8,000 records/s while the connector
+			// is killed, so the kills land mid-stream
+			produced := make(chan struct{})
 			go func() {
-				defer produced.Done()
-				e.produce(g, 200_000, want)
+				defer close(produced)
+				e.produceAt(g, 200_000, 8000, want)
 			}()
-			// failpoints first: killed right after the WAL append (before the
-			// database commit) and right after the commit (before the offset
-			// commit), then at random moments
-			kills := []string{"KTSINK_FAILPOINT=after_wal_append:3", "KTSINK_FAILPOINT=after_apply:3",
-				"KTSINK_FAILPOINT=after_wal_append:20", "KTSINK_FAILPOINT=after_apply:20"}
-			for _, fp := range kills {
-				p := e.start(cfg, fp)
+			// the failpoints first: killed right after the WAL append (before
+			// the database commit) and right after the database commit
+			// (before the offset commit)
+			for _, fp := range []string{"after_wal_append:3", "after_apply:3", "after_wal_append:15", "after_apply:15"} {
+				p := e.start(cfg, "KTSINK_FAILPOINT="+fp)
 				select {
 				case <-p.done:
-					if !strings.Contains(p.logText(), "failpoint") {
+					if !strings.Contains(p.logText(), "failpoint "+fp+" reached") {
 						t.Fatalf("%s: connector exited without reaching the failpoint: %v\n%s", fp, p.err, tail(p.logText(), 30))
 					}
 				case <-time.After(2 * time.Minute):
-					t.Fatalf("%s never reached", fp)
+					t.Fatalf("failpoint %s never reached", fp)
 				}
 			}
+			// then SIGKILL at random moments while batches land
 			rng := rand.New(rand.NewPCG(7, 7))
-			for i := range 10 {
+			for kill := range 10 {
+				select {
+				case <-produced:
+					t.Fatalf("the stream ended after %d random kills: too short to kill 10 times mid-stream", kill)
+				default:
+				}
 				p := e.start(cfg)
-				time.Sleep(time.Duration(300+rng.IntN(1500)) * time.Millisecond)
+				p.waitLog(t, "batch landed", time.Minute)
+				time.Sleep(time.Duration(rng.IntN(800)) * time.Millisecond)
 				p.kill()
-				t.Logf("kill %d done", i+1)
 			}
-			produced.Wait()
+			<-produced
 			p := e.start(cfg)
 			e.waitCaughtUp(5*time.Minute, p)
 			if err := p.stop(t, 30*time.Second); err != nil {
 				t.Fatal(err)
 			}
 			e.checkTable(want)
+			if n := countWALPending(t, filepath.Join(e.dir, "crash.wal")); n != 0 {
+				t.Fatalf("%d batches pending in the WAL after a clean stop", n)
+			}
 		})
 	}
 }

@@ -196,7 +196,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 		eo[t.Name] = t.Mode == config.ModeExactlyOnce
 	}
 	src, err := source.New(source.Config{
-		Brokers: cfg.Kafka.Brokers, Group: cfg.Kafka.Group, ClientID: cfg.Kafka.ClientID, Topics: topics,
+		Brokers: cfg.Kafka.Brokers, Group: cfg.Kafka.Group, ClientID: cfg.Kafka.ClientID, InstanceID: cfg.Kafka.InstanceID, Topics: topics,
 		MaxPollRecords: cfg.Kafka.MaxPollRecords, FetchMaxBytes: cfg.Kafka.FetchMaxBytes,
 		StartFrom: cfg.Kafka.StartFrom, SessionTimeout: time.Duration(cfg.Kafka.SessionTimeout),
 		RebalanceTimeout: time.Duration(cfg.Kafka.RebalanceTimeout),

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ktsink/connector/coordinator"
+	"github.com/ktsink/connector/loadgen"
+)
+
+// TestEndToEndBackpressure stalls the sink by holding a lock on the table:
+// the queue must fill to its high watermark, fetching pause, the queue never
+// pass its capacity, fetching resume below the low watermark once the lock
+// goes, memory stay bounded, and every record land.
+func TestEndToEndBackpressure(t *testing.T) {
+	e := newEnv(t, 4)
+	want := map[barKey]loadgen.Bar{}
+	e.produce(loadgen.NewBars(21, 300, 0), 120_000, want)
+	const capacity = 5000
+	p := e.start(e.writeConfig("bp", topicOpts{workers: 2, capacity: capacity, batch: 500}))
+	addr := p.statusAddr(t)
+	p.waitLog(t, "batch landed", time.Minute)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE bars IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		maxDepth     int
+		sawPaused    bool
+		sawHigh      bool
+		resumedAfter bool
+		maxRSS       float64
+	)
+	poll := func() {
+		st, err := fetchStatus(addr)
+		if err != nil {
+			t.Fatalf("/status: %v", err)
+		}
+		maxDepth = max(maxDepth, st.QueueSize)
+		if st.QueueSize >= st.HighWatermark {
+			sawHigh = true
+		}
+		m, err := httpGet(addr, "/metrics")
+		if err != nil {
+			t.Fatalf("/metrics: %v", err)
+		}
+		if metricValue(m, "ktsink_fetch_paused") == 1 {
+			sawPaused = true
+		} else if sawPaused {
+			resumedAfter = true
+		}
+		maxRSS = max(maxRSS, metricValue(m, "process_resident_memory_bytes"))
+	}
+	stallEnd := time.Now().Add(5 * time.Second)
+	for time.Now().Before(stallEnd) {
+		poll()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !sawHigh || !sawPaused {
+		t.Fatalf("with the table locked: queue reached high watermark %v, fetch paused %v (max depth %d)", sawHigh, sawPaused, maxDepth)
+	}
+	if resumedAfter {
+		t.Fatal("fetching resumed while the sink was stalled")
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for !resumedAfter && ctx.Err() == nil {
+		poll()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !resumedAfter {
+		t.Fatal("fetching never resumed after the lock was released")
+	}
+	e.waitCaughtUp(3*time.Minute, p)
+	poll()
+	if maxDepth > capacity {
+		t.Fatalf("queue held %d records, capacity %d", maxDepth, capacity)
+	}
+	if maxRSS > 256<<20 {
+		t.Fatalf("peak RSS %.0f MiB: memory not bounded by the queue", maxRSS/(1<<20))
+	}
+	t.Logf("max queue depth %d of %d, peak RSS %.0f MiB", maxDepth, capacity, maxRSS/(1<<20))
+	if err := p.stop(t, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.checkTable(want)
+}
+
+func fetchStatus(addr string) (coordinator.Status, error) {
+	var st coordinator.Status
+	body, err := httpGet(addr, "/status")
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal([]byte(body), &st)
+}
+
+// metricValue sums the samples of an unlabelled or labelled metric in a
+// text exposition; -1 when absent.
+func metricValue(exposition, name string) float64 {
+	v, found := 0.0, false
+	for _, line := range strings.Split(exposition, "\n") {
+		if !strings.HasPrefix(line, name) || strings.HasPrefix(line, "#") {
+			continue
+		}
+		rest := line[len(name):]
+		if rest != "" && rest[0] != ' ' && rest[0] != '{' {
+			continue
+		}
+		f := strings.Fields(line)
+		x, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			v += x
+			found = true
+		}
+	}
+	if !found {
+		return -1
+	}
+	return v
+}
+
+var landedLine = regexp.MustCompile(`msg="batch landed".* spans="?([^" ]+)"? write_start_ns=(\d+) write_end_ns=(\d+)`)
+
+type interval struct {
+	proc       string
+	start, end int64
+}
+
+// TestEndToEndScaleOut runs three processes in one group over 12
+// partitions, one joining late and one stopped mid-stream: the table ends
+// exact, and the batch log of the three shows no partition written by two
+// processes at once.
+func TestEndToEndScaleOut(t *testing.T) {
+	e := newEnv(t, 12)
+	want := map[barKey]loadgen.Bar{}
+	produced := make(chan struct{})
+	go func() {
+		defer close(produced)
+		e.produceAt(loadgen.NewBars(31, 600, 0.1), 150_000, 12000, want)
+	}()
+	cfg := func(name string) string { return e.writeConfig(name, topicOpts{workers: 2, batch: 1000}) }
+	a := e.start(cfg("a"))
+	b := e.start(cfg("b"))
+	a.waitLog(t, "batch landed", time.Minute)
+	time.Sleep(2 * time.Second)
+	c := e.start(cfg("c")) // joins late
+	c.waitLog(t, "partitions assigned", time.Minute)
+	time.Sleep(3 * time.Second)
+	if err := b.stop(t, 30*time.Second); err != nil { // leaves mid-stream
+		t.Fatalf("b: %v", err)
+	}
+	select {
+	case <-produced:
+		t.Fatal("the stream ended before the second process left: not mid-stream")
+	default:
+	}
+	<-produced
+	e.waitCaughtUp(3*time.Minute, a, c)
+	for _, p := range []*proc{a, c} {
+		if err := p.stop(t, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.checkTable(want)
+
+	byPartition := map[string][]interval{}
+	for name, p := range map[string]*proc{"a": a, "b": b, "c": c} {
+		n := 0
+		for _, m := range landedLine.FindAllStringSubmatch(p.logText(), -1) {
+			start, _ := strconv.ParseInt(m[2], 10, 64)
+			end, _ := strconv.ParseInt(m[3], 10, 64)
+			for _, sp := range strings.Split(m[1], ";") {
+				tp := sp[:strings.IndexByte(sp, '[')]
+				byPartition[tp] = append(byPartition[tp], interval{name, start, end})
+			}
+			n++
+		}
+		if n == 0 {
+			t.Errorf("process %s landed no batch", name)
+		}
+		t.Logf("process %s landed %d batches", name, n)
+	}
+	if len(byPartition) != 12 {
+		t.Errorf("batches cover %d partitions, want 12", len(byPartition))
+	}
+	for tp, ivs := range byPartition {
+		sort.Slice(ivs, func(i, j int) bool { return ivs[i].start < ivs[j].start })
+		for i := 1; i < len(ivs); i++ {
+			prev, cur := ivs[i-1], ivs[i]
+			if cur.start < prev.end {
+				t.Errorf("%s written by %s and %s at once", tp, prev.proc, cur.proc)
+			}
+		}
+	}
+}
