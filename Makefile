@@ -52,3 +52,18 @@ services-down:
 
 clean:
 	rm -rf bin
+
+.PHONY: demo bench
+
+# The main job end to end on local services: generated bars, the connector,
+# live progress, and a summary read back from the database.
+DEMO_RECORDS ?= 200000
+DEMO_RATE ?= 50000
+demo: build
+	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
+		scripts/with-services.sh $(GO) run ./cmd/ktsink-demo -n $(DEMO_RECORDS) -rate $(DEMO_RATE)
+
+# End-to-end benchmark: rows/s, latency p50/p99, peak RSS, ratio to PostgreSQL alone.
+bench: build
+	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
+		scripts/with-services.sh $(GO) run ./cmd/ktsink-bench

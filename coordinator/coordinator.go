@@ -749,11 +749,23 @@ func (c *Coordinator) write(ctx context.Context, b *record.Batch) error {
 			}
 			continue
 		}
-		err := c.sink.Write(ctx, b, c.deadLetter)
+		var rejected []record.Rejected
+		attemptStart := time.Now()
+		err := c.sink.Write(ctx, b, func(ctx context.Context, rej []record.Rejected) error {
+			if err := c.deadLetter(ctx, rej); err != nil {
+				return err
+			}
+			rejected = append(rejected, rej...)
+			return nil
+		})
+		c.m.SinkWriteLatency.Observe(time.Since(attemptStart).Seconds())
 		if err == nil {
+			c.m.SinkWrites.WithLabelValues("ok").Inc()
 			c.breaker.Success()
+			c.countWritten(b, rejected)
 			return nil
 		}
+		c.m.SinkWrites.WithLabelValues("error").Inc()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -807,6 +819,21 @@ func (c *Coordinator) newBackOff() *backoff.ExponentialBackOff {
 	bo.MaxElapsedTime = 0 // bounded by the breaker and ctx, never by giving up on records
 	bo.Reset()
 	return bo
+}
+
+// countWritten counts the batch's records that landed, by topic: all but
+// the dead-lettered ones.
+func (c *Coordinator) countWritten(b *record.Batch, rejected []record.Rejected) {
+	perTopic := map[string]int{}
+	for _, r := range b.Records {
+		perTopic[r.Topic]++
+	}
+	for _, r := range rejected {
+		perTopic[r.Record.Topic]--
+	}
+	for t, n := range perTopic {
+		c.m.RecordsWritten.WithLabelValues(t).Add(float64(n))
+	}
 }
 
 type deadLetterError struct{ err error }

@@ -84,6 +84,7 @@ type topicOpts struct {
 	workers    int    // default 4
 	capacity   int    // default 20000
 	batch      int    // default 2000
+	dlqTopic   string // default none ("-")
 }
 
 // writeConfig writes a YAML config for this env and returns its path.
@@ -101,6 +102,9 @@ func (e *env) writeConfig(name string, o topicOpts) string {
 	if o.batch == 0 {
 		o.batch = 2000
 	}
+	if o.dlqTopic == "" {
+		o.dlqTopic = "-"
+	}
 	cfg := fmt.Sprintf(`kafka:
   group: %s
   instance_id: "%s"
@@ -115,7 +119,7 @@ coordinator:
 wal:
   path: %s
 dlq:
-  topic: "-"
+  topic: "%s"
   file: %s
 metrics:
   addr: "127.0.0.1:0"
@@ -128,7 +132,7 @@ topics:
     mode: %s
     append_only: %v
 `, e.group, o.instance, e.schema, o.workers, o.batch, o.capacity, filepath.Join(e.dir, name+".wal"),
-		filepath.Join(e.dir, name+"-dlq.ndjson"), e.topic, o.mode, o.appendOnly)
+		o.dlqTopic, filepath.Join(e.dir, name+"-dlq.ndjson"), e.topic, o.mode, o.appendOnly)
 	p := filepath.Join(e.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)
