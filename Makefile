@@ -6,7 +6,8 @@
 #   make build          bin/connector
 #   make lint           gofmt and go vet
 #   make services-up    start (or reuse) PostgreSQL and Kafka for working by hand
-#   make services-down  stop what services-up started
+#   make services-down  stop what services-up started (PostgreSQL keeps its data
+#                       for the next services-up; scripts/postgres.sh purge drops it)
 #
 # Ports and addresses can be overridden: make test PGPORT=15432 KAFKA_PORT=19092.
 # Commands that need the services run under scripts/with-services.sh.

@@ -158,6 +158,39 @@ func New(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// Classes are the label values of mds_worker_write_errors_total.
+var Classes = []string{"transient", "permanent", "dead_letter"}
+
+// Init creates every labelled series the connector may use for these
+// topics at zero, so that dashboards and alerts see them from the start
+// rather than from the first event.
+func (m *Metrics) Init(topics []string) {
+	for _, o := range []string{"ok", "error"} {
+		m.SinkWrites.WithLabelValues(o)
+		m.OffsetCommits.WithLabelValues(o)
+	}
+	m.ItemsDropped.WithLabelValues("overflow")
+	for _, c := range Classes {
+		m.WriteErrors.WithLabelValues(c)
+	}
+	for _, k := range []string{"assigned", "revoked", "lost"} {
+		m.Rebalances.WithLabelValues(k)
+	}
+	for _, s := range []string{"closed", "half_open", "open"} {
+		m.BreakerTransitions.WithLabelValues(s)
+	}
+	for _, t := range topics {
+		m.RecordsConsumed.WithLabelValues(t)
+		m.RecordsWritten.WithLabelValues(t)
+		for _, c := range []string{"decode", "data", "overflow"} {
+			m.RecordsDeadLetter.WithLabelValues(t, c)
+		}
+		for _, a := range []string{"deleted", "skipped"} {
+			m.Tombstones.WithLabelValues(t, a)
+		}
+	}
+}
+
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.SinkWrites, m.SinkWriteLatency, m.ItemsSubmitted, m.ItemsDropped, m.QueueDepth,

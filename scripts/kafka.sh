@@ -10,8 +10,9 @@
 #   scripts/kafka.sh up3     three brokers on 127.0.0.1:${KAFKA3_PORT:-9192} and
 #                            the two ports after it (controllers on the three
 #                            ports after those); replication factor 3 possible
-#   scripts/kafka.sh down    stop what `up` and `up3` started and delete its data;
-#                            a reused broker is left alone
+#   scripts/kafka.sh down    give up this caller's use of what `up` and `up3`
+#                            started; the last user stops it and deletes its
+#                            data; a broker `up` did not start is never stopped
 #   scripts/kafka.sh env     print KAFKA_BROKERS=… (and KAFKA_VERSION=… when
 #                            this script started the broker)
 #   scripts/kafka.sh env3    the same for the three-broker cluster
@@ -19,8 +20,9 @@
 #
 # Topics are not created automatically (auto.create.topics.enable=false): a
 # test or the connector that needs a topic creates it, so a misspelt topic
-# name fails loudly instead of producing into a new empty topic. Broker logs
-# (WARN and up, plus start-up) go to .cache/run/kafka-<port>/broker.log.
+# name fails loudly instead of producing into a new empty topic. Each node's
+# data, configuration and log (WARN and up, plus start-up) live in
+# /tmp/ktsink-run/kafka-<port> (see scripts/lib.sh for the sharing rules).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,9 +34,8 @@ port3=${KAFKA3_PORT:-9192}
 heap=${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}
 wait_s=${KAFKA_START_TIMEOUT:-120}
 ready_bin="$root/.cache/bin/kafkaready"
-
-say() { echo "kafka.sh: $*" >&2; }
-die() { say "$*"; exit 1; }
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 ensure_tools() {
   command -v java >/dev/null && command -v mvn >/dev/null && return
@@ -53,13 +54,20 @@ fetch() {
   if [ -f "$libs/.complete" ]; then
     return
   fi
+  mkdir -p "${libs%/*}"
+  exec 8>"${libs%/*}/fetch.lock"
+  flock -w 600 8 || die "waited 10 minutes for ${libs%/*}/fetch.lock"
+  if [ -f "$libs/.complete" ]; then
+    return # another run fetched them meanwhile
+  fi
   ensure_tools
   say "fetching Apache Kafka $version jars from Maven Central into $libs"
   rm -rf "$libs"
   mkdir -p "$libs"
+  # (mvn -q still prints colour resets; sed drops them)
   mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
-    -DoutputDirectory="$libs" -DincludeScope=runtime >&2 ||
-    die "mvn could not fetch the Kafka $version jars (see the output above)"
+    -DoutputDirectory="$libs" -DincludeScope=runtime 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2
+  [ "${PIPESTATUS[0]}" = 0 ] || die "mvn could not fetch the Kafka $version jars (see the output above)"
   [ -f "$libs/kafka_2.13-$version.jar" ] || die "kafka_2.13-$version.jar missing from $libs after mvn"
   touch "$libs/.complete"
 }
@@ -72,8 +80,6 @@ ready() {
   fi
   "$ready_bin" -brokers "$1" -timeout "$2" -count "${3:-1}"
 }
-
-answering() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 
 # ours_running tells whether the pid in $1/pid is alive and is the broker
 # started with $1/server.properties (and not a recycled pid).
@@ -167,10 +173,11 @@ LOG
   java -Dlog4j2.configurationFile="$dir/log4j2.yaml" -cp "$libs/*" kafka.tools.StorageTool format \
     -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
     { say "formatting storage for node $id failed:"; cat "$dir/format.log" >&2; return 1; }
+  # The broker must not inherit the locks (fds 8 and 9).
   # shellcheck disable=SC2086 # $heap is a list of JVM options
   nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
-    -cp "$libs/*" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 </dev/null &
+    -cp "$libs/*" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$dir/pid"
   echo "$version" >"$dir/version"
 }
@@ -196,56 +203,93 @@ fail_start() {
 cluster_id() { java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1; }
 
 up() {
-  local state="$root/.cache/run/kafka-$port" out
-  if answering "$port"; then
+  local state="$run_dir/kafka-$port" out
+  lock_service "kafka-$port"
+  if listening "$port"; then
     out=$(ready "127.0.0.1:$port" 15s) ||
       die "something listens on 127.0.0.1:$port but does not answer Kafka metadata requests (set KAFKA_PORT to use another port)"
-    say "reusing the broker already on 127.0.0.1:$port: $out"
+    if ours_running "$state"; then
+      hold "$state"
+      say "using the broker scripts/kafka.sh started on 127.0.0.1:$port: $out"
+    else
+      say "using the broker already on 127.0.0.1:$port (not started here: never stopped here): $out"
+    fi
     return
   fi
-  stop_nodes "$state" # whatever a killed session left behind
-  answering $((port + 1)) && die "the controller port 127.0.0.1:$((port + 1)) is taken (set KAFKA_PORT to use another port)"
+  stop_nodes "$state" # whatever an earlier up left behind
+  listening $((port + 1)) && die "the controller port 127.0.0.1:$((port + 1)) is taken (set KAFKA_PORT to use another port)"
   fetch
   say "starting Apache Kafka $version on 127.0.0.1:$port (log $state/broker.log)"
   start_node "$state" 1 "$port" $((port + 1)) "1@127.0.0.1:$((port + 1))" "$(cluster_id)" 1 ||
     fail_start "Apache Kafka could not be started" "$state"
   out=$(ready "127.0.0.1:$port" "${wait_s}s") ||
     fail_start "Apache Kafka on 127.0.0.1:$port was not ready within ${wait_s}s (log $state/broker.log)" "$state"
+  hold "$state"
   say "ready: $out"
 }
 
-nodes3() { for i in 1 2 3; do echo "$root/.cache/run/kafka3-$port3/node-$i"; done; }
+cluster3="$run_dir/kafka3-$port3"
+nodes3() { for i in 1 2 3; do echo "$cluster3/node-$i"; done; }
 brokers3() { echo "127.0.0.1:$port3,127.0.0.1:$((port3 + 1)),127.0.0.1:$((port3 + 2))"; }
 
 up3() {
   local out i voters cluster dirs
-  if answering "$port3"; then
+  lock_service "kafka3-$port3"
+  mapfile -t dirs < <(nodes3)
+  if listening "$port3"; then
     out=$(ready "$(brokers3)" 15s 3) ||
       die "something listens on 127.0.0.1:$port3 but is not a three-broker Kafka cluster (set KAFKA3_PORT to use other ports)"
-    say "reusing the cluster already on $(brokers3): $out"
+    if ours_running "${dirs[0]}"; then
+      hold "$cluster3"
+      say "using the cluster scripts/kafka.sh started on $(brokers3): $out"
+    else
+      say "using the cluster already on $(brokers3) (not started here: never stopped here): $out"
+    fi
     return
   fi
-  mapfile -t dirs < <(nodes3)
   stop_nodes "${dirs[@]}"
+  rm -rf "$cluster3"
   fetch
   cluster=$(cluster_id)
   voters="1@127.0.0.1:$((port3 + 3)),2@127.0.0.1:$((port3 + 4)),3@127.0.0.1:$((port3 + 5))"
-  say "starting a three-node Apache Kafka $version cluster on $(brokers3) (logs ${dirs[0]%/*}/node-*/broker.log)"
+  say "starting a three-node Apache Kafka $version cluster on $(brokers3) (logs $cluster3/node-*/broker.log)"
   for i in 1 2 3; do
     start_node "${dirs[$((i - 1))]}" "$i" $((port3 + i - 1)) $((port3 + i + 2)) "$voters" "$cluster" 3 ||
       fail_start "Apache Kafka node $i could not be started" "${dirs[@]}"
   done
   out=$(ready "$(brokers3)" "${wait_s}s" 3) ||
     fail_start "the Apache Kafka cluster on $(brokers3) was not ready within ${wait_s}s" "${dirs[@]}"
+  hold "$cluster3"
   say "ready: $out"
+}
+
+# down_one gives up the caller's lease on the nodes under state folder $1
+# (for the cluster, its node folders follow) and stops them when no lease
+# is left.
+down_one() {
+  local state=$1 left
+  shift
+  [ -d "$state/holders" ] || return 0
+  left=$(release "$state")
+  if [ -n "$left" ]; then
+    say "leaving Apache Kafka (${state##*/}) running: still used by $left"
+    return
+  fi
+  stop_nodes "$@"
+  rm -rf "$state"
 }
 
 down() {
   local dirs
-  stop_nodes "$root/.cache/run/kafka-$port"
+  (
+    lock_service "kafka-$port"
+    down_one "$run_dir/kafka-$port" "$run_dir/kafka-$port"
+  )
   mapfile -t dirs < <(nodes3)
-  stop_nodes "${dirs[@]}"
-  rmdir "$root/.cache/run/kafka3-$port3" 2>/dev/null || true
+  (
+    lock_service "kafka3-$port3"
+    down_one "$cluster3" "${dirs[@]}"
+  )
 }
 
 print_env() {

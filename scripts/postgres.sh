@@ -4,28 +4,36 @@
 # 127.0.0.1:${PGPORT:-5432}, with role "ktsink" (password "ktsink", scram over
 # TCP) owning database "ktsink".
 #
-#   scripts/postgres.sh up     start a cluster, or reuse a server that already
-#                              accepts the ktsink role on the port
-#   scripts/postgres.sh down   stop and delete the cluster that `up` started;
-#                              a reused server is left alone
+#   scripts/postgres.sh up     start the cluster, or use the server already on
+#                              the port if it accepts the ktsink role
+#   scripts/postgres.sh up-fresh  the same, but a stopped cluster's data is
+#                              deleted first (scripts/with-services.sh does this)
+#   scripts/postgres.sh down   give up this caller's use of it; the last user
+#                              stops a cluster `up` started (a server `up` did
+#                              not start is never stopped); its data stays, and
+#                              the next `up` starts the same database again
+#   scripts/postgres.sh purge  down, then delete the data if the cluster stopped
+#                              (scripts/with-services.sh does this: every
+#                              `make test` starts from an empty database,
+#                              unless it shares a server already running)
 #   scripts/postgres.sh env    print DATABASE_URL=…
 #
-# The cluster's data lives in a temporary folder under ${TMPDIR:-/tmp} (the
-# postgres user must be able to reach it, which a checkout under /root does
-# not allow); what `up` started is recorded in .cache/run/pg-<port>.
-# TimescaleDB is preloaded when the server offers the extension; it is never
-# required.
+# Data, log and socket live in /tmp/ktsink-run/pg-<port> (see scripts/lib.sh
+# for the sharing rules; the postgres user could not reach a checkout under
+# /root). TimescaleDB is preloaded when the server offers the extension; it
+# is never required.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+
 port=${PGPORT:-5432}
 pgversion=15
 bin=${PG_BIN:-/usr/lib/postgresql/$pgversion/bin}
-state="$root/.cache/run/pg-$port"
+state="$run_dir/pg-$port"
+pgdir="$state/pg" # owned by the postgres user: data/, postgres.log, socket
 dsn="postgres://ktsink:ktsink@127.0.0.1:$port/ktsink?sslmode=disable"
-
-say() { echo "postgres.sh: $*" >&2; }
-die() { say "$*"; exit 1; }
 
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
@@ -38,7 +46,7 @@ as_pg() {
 # accepts tells whether a server on the port takes the ktsink role.
 accepts() { PGCONNECT_TIMEOUT=3 psql "$dsn" -Atqc 'select 1' >/dev/null 2>&1; }
 
-listening() { (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; }
+server_version() { psql "$dsn" -Atqc 'show server_version'; }
 
 ensure_binaries() {
   [ -x "$bin/initdb" ] && command -v psql >/dev/null && return
@@ -56,106 +64,139 @@ ensure_binaries() {
   command -v psql >/dev/null || die "psql not found (install postgresql-client-$pgversion)"
 }
 
+# pgctl runs pg_ctl; the server it starts must not inherit the lock (fd 9).
+pgctl() {
+  as_pg "$bin/pg_ctl" -D "$pgdir/data" "$@" >/dev/null 9>&-
+}
+
 # psql_admin runs SQL as the cluster's superuser over its private socket.
 psql_admin() {
-  as_pg psql -h "$1" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "${@:2}"
+  as_pg psql -h "$pgdir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"
 }
 
-# forget_stale removes what a previous `up` left behind when its server is
-# no longer running (a killed session, a rebooted machine).
-forget_stale() {
-  [ -f "$state/datadir" ] || { rm -rf "$state"; return; }
-  local dir
-  dir=$(cat "$state/datadir")
-  if [ -f "$dir/data/postmaster.pid" ] && as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
-    say "stopping the cluster a previous 'up' left running in $dir (it does not accept $dsn)"
-    as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+# stop_cluster stops the cluster in $pgdir if it runs.
+stop_cluster() {
+  if [ -f "$pgdir/data/postmaster.pid" ]; then
+    pgctl -m fast -w -t 60 stop 2>/dev/null || pgctl -m immediate -w -t 30 stop 2>/dev/null ||
+      die "could not stop the PostgreSQL cluster in $pgdir/data"
+    say "stopped PostgreSQL on 127.0.0.1:$port"
   fi
-  rm -rf "$dir" "$state"
 }
 
-up() {
-  if accepts; then
-    say "reusing the server already on 127.0.0.1:$port: $(psql "$dsn" -Atqc 'show server_version')"
-    return
-  fi
-  ensure_binaries
-  forget_stale
-  if listening; then
-    die "something listens on 127.0.0.1:$port but does not accept $dsn (set PGPORT to use another port)"
-  fi
-
-  local dir data log
-  dir=$(mktemp -d "${TMPDIR:-/tmp}/ktsink-pg-$port.XXXXXX")
-  data="$dir/data"
-  log="$dir/postgres.log"
-  mkdir -p "$state"
-  echo "$dir" >"$state/datadir"
-  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$dir"; fi
-
-  as_pg "$bin/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
-    -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
-    { say "initdb failed ($dir/initdb.log):"; cat "$dir/initdb.log" >&2; exit 1; }
-  # Tuned for tests: durable (fsync stays on), but cheap to start and to fill.
-  cat >>"$data/postgresql.conf" <<CONF
+# init_cluster makes a new cluster in $pgdir/data.
+init_cluster() {
+  rm -rf "$state"
+  mkdir -p "$pgdir"
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$pgdir"; fi
+  as_pg "$bin/initdb" -D "$pgdir/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    -E UTF8 --locale=C.UTF-8 >"$state/initdb.log" 2>&1 ||
+    { say "initdb failed ($state/initdb.log):"; cat "$state/initdb.log" >&2; rm -rf "$state"; exit 1; }
+  # Tuned for tests: durable (fsync stays on), but quick to start and to fill.
+  cat >>"$pgdir/data/postgresql.conf" <<CONF
 
 # scripts/postgres.sh
 listen_addresses = '127.0.0.1'
 port = $port
-unix_socket_directories = '$dir'
+unix_socket_directories = '$pgdir'
 max_connections = 200
 shared_buffers = 256MB
 wal_level = minimal
 max_wal_senders = 0
-max_wal_size = 2GB
+# checkpoints: a 1M-row upsert run writes ~240 MB of WAL; with 2GB a WAL-
+# triggered checkpoint came every ~1.1 GB (every 4-5M rows), and after each
+# one the first touch of every index page logs a full-page image. Spaced
+# checkpoints and compressed page images are common production choices for
+# write-heavy servers (durability is unchanged: fsync and
+# synchronous_commit stay on).
+max_wal_size = 8GB
 checkpoint_timeout = 30min
+wal_compression = lz4
 log_min_messages = warning
-log_min_error_statement = panic
 CONF
+  : >"$state/started"
+}
 
-  pgctl() {
-    as_pg "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 "$@" >/dev/null ||
-      { say "pg_ctl $* failed; last lines of $log:"; tail -20 "$log" >&2; exit 1; }
-  }
-  say "starting PostgreSQL $pgversion on 127.0.0.1:$port (data and log in $dir)"
-  pgctl start
-  echo yes >"$state/started"
-
-  if [ "$(psql_admin "$dir" -c "select count(*) from pg_available_extensions where name = 'timescaledb'")" = 1 ]; then
-    say "timescaledb is available: preloading it"
-    psql_admin "$dir" -c "alter system set shared_preload_libraries = 'timescaledb'" >/dev/null
-    pgctl restart
-  else
-    say "timescaledb is not available: plain PostgreSQL"
+# up starts the cluster, or takes a lease on it when it runs. A stopped
+# cluster starts again with its data, unless $1 is "fresh".
+up() {
+  local fresh=no
+  [ "${1:-}" = fresh ] && fresh=yes
+  lock_service "pg-$port"
+  if accepts; then
+    if [ -f "$state/started" ]; then
+      hold "$state"
+      say "using the PostgreSQL $(server_version) that scripts/postgres.sh started on 127.0.0.1:$port"
+    else
+      say "using the PostgreSQL $(server_version) already on 127.0.0.1:$port (not started here: never stopped here)"
+    fi
+    return
+  fi
+  ensure_binaries
+  if [ -f "$state/started" ] && [ -f "$pgdir/data/PG_VERSION" ]; then
+    stop_cluster # in case it runs but does not accept connections
+    rm -rf "$state/holders" # nobody uses a server that is down
+    if [ "$fresh" = yes ]; then rm -rf "$state"; fi
+  elif [ -e "$state" ]; then
+    rm -rf "$state" # an `up` that did not finish
+  fi
+  if listening "$port"; then
+    die "something listens on 127.0.0.1:$port but does not accept $dsn (set PGPORT to use another port)"
   fi
 
-  psql_admin "$dir" >/dev/null <<'SQL'
+  local log="$pgdir/postgres.log" new=no
+  if [ ! -f "$state/started" ]; then
+    init_cluster
+    new=yes
+  fi
+  if [ $new = yes ]; then
+    say "starting a new PostgreSQL $pgversion cluster on 127.0.0.1:$port (data and log in $pgdir)"
+  else
+    say "starting the PostgreSQL $pgversion cluster in $pgdir again on 127.0.0.1:$port"
+  fi
+  pgctl -l "$log" -w -t 60 start ||
+    { say "pg_ctl start failed; last lines of $log:"; tail -n 20 "$log" >&2; stop_cluster; exit 1; }
+
+  if [ $new = yes ]; then
+    if [ "$(psql_admin -c "select count(*) from pg_available_extensions where name = 'timescaledb'")" = 1 ]; then
+      say "timescaledb is available: preloading it"
+      psql_admin -c "alter system set shared_preload_libraries = 'timescaledb'" >/dev/null
+      pgctl -l "$log" -w -t 60 restart ||
+        { say "restart with timescaledb failed; last lines of $log:"; tail -n 20 "$log" >&2; stop_cluster; exit 1; }
+    else
+      say "timescaledb is not available: plain PostgreSQL"
+    fi
+    psql_admin >/dev/null <<'SQL' || { stop_cluster; die "creating role and database ktsink failed"; }
 CREATE ROLE ktsink LOGIN SUPERUSER PASSWORD 'ktsink';
 CREATE DATABASE ktsink OWNER ktsink;
 SQL
-  accepts || die "PostgreSQL started but does not accept $dsn; see $log"
-  say "ready: PostgreSQL $(psql "$dsn" -Atqc 'show server_version') at $dsn"
+  fi
+  accepts || { stop_cluster; die "PostgreSQL started but does not accept $dsn; see $log"; }
+  hold "$state"
+  say "ready: PostgreSQL $(server_version) at $dsn"
 }
 
+# down gives up the caller's lease and, when none is left, stops the
+# cluster; with "purge" it also deletes the cluster's data.
 down() {
-  if [ ! -f "$state/started" ]; then
-    rm -rf "$state"
+  lock_service "pg-$port"
+  [ -f "$state/started" ] || return 0
+  local left
+  left=$(release "$state")
+  if [ -n "$left" ]; then
+    say "leaving PostgreSQL on 127.0.0.1:$port running: still used by $left"
     return
   fi
-  local dir
-  dir=$(cat "$state/datadir")
-  if [ -f "$dir/data/postmaster.pid" ]; then
-    as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null 2>&1 ||
-      as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 ||
-      die "could not stop the PostgreSQL cluster in $dir"
-    say "stopped PostgreSQL on 127.0.0.1:$port"
+  stop_cluster
+  if [ "${1:-}" = purge ]; then
+    rm -rf "$state"
   fi
-  rm -rf "$dir" "$state"
 }
 
 case "${1:-}" in
   up) up ;;
+  up-fresh) up fresh ;;
   down) down ;;
+  purge) down purge ;;
   env) echo "DATABASE_URL=$dsn" ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|up-fresh|down|purge|env" >&2; exit 2 ;;
 esac

@@ -11,17 +11,21 @@
 # ports; DATABASE_URL and KAFKA_BROKERS already set are passed on unchanged.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# Our lease on the services (scripts/lib.sh): other runs that use them
+# meanwhile keep them up until they are done too.
+export KTSINK_HOLDER=$$
 
 cleanup() {
   "$root/scripts/kafka.sh" down || true
-  "$root/scripts/postgres.sh" down || true
+  "$root/scripts/postgres.sh" purge || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-"$root/scripts/postgres.sh" up || exit 1
+"$root/scripts/postgres.sh" up-fresh || exit 1
 "$root/scripts/kafka.sh" up || exit 1
+"$root/scripts/prometheus.sh" ensure || exit 1
 
 database_url=${DATABASE_URL:-}
 kafka_brokers=${KAFKA_BROKERS:-}

@@ -135,7 +135,7 @@ func TestInsertMode(t *testing.T) {
 	events := Table{
 		Schema:  e.schema,
 		Name:    "events",
-		Columns: []Column{{"symbol", "text"}, {"ts", "timestamptz"}, {"open", "double precision"}, {"high", "double precision"}, {"low", "double precision"}, {"close", "double precision"}, {"volume", "bigint"}},
+		Columns: []Column{{Name: "symbol", Type: "text"}, {Name: "ts", Type: "timestamptz"}, {Name: "open", Type: "double precision"}, {Name: "high", Type: "double precision"}, {Name: "low", Type: "double precision"}, {Name: "close", Type: "double precision"}, {Name: "volume", Type: "bigint"}},
 		Mode:    ModeInsert,
 		Decode:  decodeBar,
 	}

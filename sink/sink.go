@@ -58,6 +58,12 @@ type Column struct {
 	// text, double precision, numeric(12,4), bigint, integer, boolean,
 	// timestamptz, jsonb, text[], varchar(8), …
 	Type string
+	// Collation, when set, is the column's collation (COLLATE "…" in
+	// CREATE TABLE), e.g. "C" for keys compared byte by byte: B-tree
+	// searches on a text key under a libc collation such as C.UTF-8 or
+	// en_US spend a good part of an upsert in strcoll. Empty: the database
+	// default. Only used when the table is created.
+	Collation string
 }
 
 // Table describes where one topic's records land and how they are decoded.
@@ -179,6 +185,14 @@ type target struct {
 	fromStage   string // INSERT … SELECT FROM staging ON CONFLICT …
 	moveStage   string // the same, emptying the staging table (savepoint bisection)
 	fromUnnest  string // INSERT … SELECT FROM unnest($1::t[], …) ON CONFLICT …
+
+	// the sink's own binary COPY encoder (copy.go), when every column's
+	// type is one it knows
+	fastCopy    bool
+	copyKinds   []copyKind
+	rowSizeHint int    // bytes per encoded row, roughly
+	copyTarget  string // COPY target (cols) FROM STDIN BINARY
+	copyStage   string // the same into the staging table
 }
 
 type offsetsSQL struct {
@@ -352,6 +366,9 @@ func newTarget(def Table) *target {
 		t.cols = append(t.cols, c.Name)
 		quoted[i] = pgx.Identifier{c.Name}.Sanitize()
 		colDefs[i] = quoted[i] + " " + c.Type
+		if c.Collation != "" {
+			colDefs[i] += " COLLATE " + pgx.Identifier{c.Collation}.Sanitize()
+		}
 		casts[i] = fmt.Sprintf("$%d::%s", i+1, arrayParamType(c.Type))
 		if strings.HasSuffix(c.Type, "]") {
 			t.unnestOK = false
@@ -367,6 +384,18 @@ func newTarget(def Table) *target {
 			typ != "timestamptz" && !strings.Contains(typ, "with time zone"))
 	}
 	cols := strings.Join(quoted, ", ")
+
+	t.fastCopy = true
+	t.rowSizeHint = 2
+	for _, c := range def.Columns {
+		k := copyKindOf(c.Type)
+		t.copyKinds = append(t.copyKinds, k)
+		t.fastCopy = t.fastCopy && k != copyOther
+		t.rowSizeHint += 4 + 8
+		if k == copyText {
+			t.rowSizeHint += 8
+		}
+	}
 
 	t.createTable = fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s", t.ident, strings.Join(colDefs, ", "))
 	if len(def.Key) > 0 {
@@ -397,6 +426,8 @@ func newTarget(def Table) *target {
 			conflict = fmt.Sprintf(" ON CONFLICT (%s) DO UPDATE SET %s", strings.Join(quotedKey, ", "), strings.Join(set, ", "))
 		}
 	}
+	t.copyTarget = fmt.Sprintf("COPY %s (%s) FROM STDIN BINARY", t.ident, cols)
+	t.copyStage = fmt.Sprintf("COPY %s (%s) FROM STDIN BINARY", stage, cols)
 	t.fromStage = fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s%s", t.ident, cols, cols, stage, conflict)
 	t.moveStage = fmt.Sprintf("WITH s AS (DELETE FROM %s RETURNING %s) INSERT INTO %s (%s) SELECT %s FROM s%s",
 		stage, cols, t.ident, cols, cols, conflict)

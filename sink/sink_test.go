@@ -43,7 +43,7 @@ func TestNewValidates(t *testing.T) {
 			cfg: Config{StatementTimeout: -1, Tables: map[string]Table{
 				"a": with(func(t *Table) {
 					t.Name = ""
-					t.Columns = append(t.Columns, Column{"symbol", "text"}, Column{"x", "text; DROP TABLE bars"})
+					t.Columns = append(t.Columns, Column{Name: "symbol", Type: "text"}, Column{Name: "x", Type: "text; DROP TABLE bars"})
 					t.Key = []string{"symbol", "nope"}
 					t.Mode = "sometimes"
 					t.Decode = nil
@@ -165,5 +165,13 @@ func TestArrayParamType(t *testing.T) {
 				t.Errorf("arrayParamType(%q) = %q, want %q", tt.typ, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestColumnCollation(t *testing.T) {
+	tg := newTarget(Bars("public", "bars"))
+	want := `"symbol" text COLLATE "C", "ts" timestamptz`
+	if !strings.Contains(tg.createTable, want) {
+		t.Errorf("createTable = %s, want it to contain %s", tg.createTable, want)
 	}
 }

@@ -477,8 +477,7 @@ func (w *Writer) isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any
 func (w *Writer) land(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, moving bool) error {
 	switch {
 	case !t.upsert:
-		_, err := tx.CopyFrom(ctx, t.id, t.cols, pgx.CopyFromRows(rows))
-		return err
+		return copyRows(ctx, tx, t, t.id, t.copyTarget, rows)
 	case !w.usesStaging(t, len(rows)):
 		args := make([]any, len(t.cols))
 		for c := range t.cols {
@@ -487,7 +486,7 @@ func (w *Writer) land(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, m
 		_, err := tx.Exec(ctx, t.fromUnnest, args...)
 		return err
 	}
-	if _, err := tx.CopyFrom(ctx, t.stageID, t.cols, pgx.CopyFromRows(rows)); err != nil {
+	if err := copyRows(ctx, tx, t, t.stageID, t.copyStage, rows); err != nil {
 		return err
 	}
 	sql := t.fromStage

@@ -56,6 +56,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -227,6 +228,14 @@ type WAL struct {
 	// so Close waits for operations in progress.
 	mu     sync.RWMutex
 	closed bool
+
+	// marks holds the latest committed offset Trim or Recover was told of,
+	// per partition, so that an entry spanning several partitions is
+	// trimmed once each of them is committed past it, even when their
+	// commits come in separate calls. Kept in memory: after a restart,
+	// Recover relearns the mark of each partition as it is assigned.
+	marksMu sync.Mutex
+	marks   map[record.TopicPartition]int64
 }
 
 // Open opens the WAL at path, creating it (file mode 0600, missing parent
@@ -258,6 +267,7 @@ func Open(path string, opts ...Option) (*WAL, error) {
 		now:       o.now,
 		log:       o.logger.With("component", "wal"),
 		failpoint: o.failpoint,
+		marks:     map[record.TopicPartition]int64{},
 	}
 	var st Stats
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -370,17 +380,30 @@ func (w *WAL) MarkApplied(id uint64) error {
 	return nil
 }
 
+// remember records the committed offsets in the marks and returns a copy of
+// all marks.
+func (w *WAL) remember(committed map[record.TopicPartition]int64) map[record.TopicPartition]int64 {
+	w.marksMu.Lock()
+	defer w.marksMu.Unlock()
+	for tp, off := range committed {
+		w.marks[tp] = off
+	}
+	return maps.Clone(w.marks)
+}
+
 // Trim deletes the entries whose every span is done, a span being done when
-// its Next is at or below the committed offset of its partition in
-// committed (a partition missing from the map has nothing done). That
-// includes pending entries: the committed offset passed them, so their
-// records were applied by someone (a retry, or another process). It returns
-// how many entries it deleted. When there is nothing to delete it does not
-// write to the file.
+// its Next is at or below the committed offset of its partition: the one in
+// committed, or for a partition missing from the map the latest one an
+// earlier Trim or Recover was given (a partition never seen has nothing
+// done). That includes pending entries: the committed offset passed them,
+// so their records were applied by someone (a retry, or another process).
+// It returns how many entries it deleted. When there is nothing to delete
+// it does not write to the file.
 func (w *WAL) Trim(committed map[record.TopicPartition]int64) (removed int, err error) {
+	marks := w.remember(committed)
 	var found bool
 	err = w.view(func(tx *bolt.Tx) error {
-		victims, err := trimmable(tx, committed)
+		victims, err := trimmable(tx, marks, committed)
 		found = len(victims) > 0
 		return err
 	})
@@ -393,7 +416,7 @@ func (w *WAL) Trim(committed map[record.TopicPartition]int64) (removed int, err 
 	var victims []Entry
 	err = w.update(func(tx *bolt.Tx) error {
 		var err error
-		if victims, err = trimmable(tx, committed); err != nil {
+		if victims, err = trimmable(tx, marks, committed); err != nil {
 			return err
 		}
 		for i := range victims {
@@ -425,7 +448,8 @@ func (w *WAL) Trim(committed map[record.TopicPartition]int64) (removed int, err 
 // chains; -1 when there is no committed offset, since nothing is then known
 // about where consumption began). InDoubt lists the pending entries whose
 // span of tp ends past AppliedThrough. Entries whose spans are all done
-// with respect to tp's committed offset are stale and are deleted, as
+// with respect to tp's committed offset (and the offsets known for their
+// other partitions) are stale and are deleted, as
 // Trim(map{tp: committed}) would.
 func (w *WAL) Recover(tp record.TopicPartition, committed int64) (Recovery, error) {
 	if committed < 0 {
@@ -563,15 +587,16 @@ func buckets(tx *bolt.Tx) (entries, index *bolt.Bucket, err error) {
 }
 
 // trimmable returns, by ID, the entries whose spans are all done with
-// respect to committed. It finds candidates through the index: only spans
-// with From below a committed offset can be done.
-func trimmable(tx *bolt.Tx, committed map[record.TopicPartition]int64) ([]Entry, error) {
+// respect to marks (the committed offsets known). It finds candidates
+// through the index, among the partitions of changed: only spans with From
+// below a newly committed offset can have become done.
+func trimmable(tx *bolt.Tx, marks, changed map[record.TopicPartition]int64) ([]Entry, error) {
 	entries, index, err := buckets(tx)
 	if err != nil {
 		return nil, err
 	}
 	var ids []uint64
-	for tp, off := range committed {
+	for tp, off := range changed {
 		prefix := tpPrefix(nil, tp)
 		c := index.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
@@ -597,7 +622,7 @@ func trimmable(tx *bolt.Tx, committed map[record.TopicPartition]int64) ([]Entry,
 		if err != nil {
 			return nil, err
 		}
-		if allDone(&e, committed) {
+		if allDone(&e, marks) {
 			out = append(out, e)
 		}
 	}

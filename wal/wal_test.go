@@ -314,6 +314,28 @@ func TestTrim(t *testing.T) {
 	}
 }
 
+// TestTrimAcrossCalls: a batch spanning two partitions is trimmed once both
+// are committed past it, though their commits come in separate Trim (or
+// Recover) calls, as they do when partitions commit at different times or
+// are assigned one by one after a restart.
+func TestTrimAcrossCalls(t *testing.T) {
+	w := openT(t, "")
+	setup(t, w, []batch{{[]record.Span{sp(tp0, 0, 10), sp(tp1, 0, 5)}, false}})
+	if n, err := w.Trim(map[record.TopicPartition]int64{tp0: 10}); err != nil || n != 0 {
+		t.Fatalf("Trim(tp0) = %d, %v; want 0 (tp1 not committed yet)", n, err)
+	}
+	if n, err := w.Trim(map[record.TopicPartition]int64{tp1: 4}); err != nil || n != 0 {
+		t.Fatalf("Trim(tp1 inside the span) = %d, %v; want 0", n, err)
+	}
+	rec, err := w.Recover(tp1, 5)
+	if err != nil || rec.Trimmed != 1 {
+		t.Fatalf("Recover(tp1, 5) trimmed %d, %v; want 1", rec.Trimmed, err)
+	}
+	if got := entryIDs(t, w); len(got) != 0 {
+		t.Fatalf("entries %v left, want none", got)
+	}
+}
+
 func TestRecover(t *testing.T) {
 	a := func(tp record.TopicPartition, from, next int64) batch {
 		return batch{[]record.Span{sp(tp, from, next)}, true}

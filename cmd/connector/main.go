@@ -92,10 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return cmdWALInspect(args, stdout, stderr)
 	case "dlq":
-		if s := sub(); s != "ls" {
-			return &usageError{fmt.Errorf("unknown command 'dlq %s' (want 'dlq ls')", s)}
-		}
-		return cmdDLQList(args, stdout, stderr)
+		return cmdDLQ(ctx, sub(), args, stdout, stderr)
 	case "loadgen":
 		return cmdLoadgen(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":

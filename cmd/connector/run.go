@@ -111,7 +111,9 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	if cfg.Postgres.StatementTimeout > 0 {
 		pc.ConnConfig.RuntimeParams["statement_timeout"] = fmt.Sprint(time.Duration(cfg.Postgres.StatementTimeout).Milliseconds())
 	}
-	pc.ConnConfig.RuntimeParams["application_name"] = "ktsink"
+	if pc.ConnConfig.RuntimeParams["application_name"] == "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = "ktsink"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to PostgreSQL at %s: %w", pc.ConnConfig.Host, err)
@@ -195,6 +197,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 		topics = append(topics, t.Name)
 		eo[t.Name] = t.Mode == config.ModeExactlyOnce
 	}
+	m.Init(topics)
 	src, err := source.New(source.Config{
 		Brokers: cfg.Kafka.Brokers, Group: cfg.Kafka.Group, ClientID: cfg.Kafka.ClientID, InstanceID: cfg.Kafka.InstanceID, Topics: topics,
 		MaxPollRecords: cfg.Kafka.MaxPollRecords, FetchMaxBytes: cfg.Kafka.FetchMaxBytes,

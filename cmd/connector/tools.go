@@ -10,11 +10,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/ktsink/connector/coordinator"
-	"github.com/ktsink/connector/dlq"
 	"github.com/ktsink/connector/loadgen"
 	"github.com/ktsink/connector/record"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -48,40 +46,6 @@ func crashHooks() coordinator.Hooks {
 		return coordinator.Hooks{AfterApply: kill}
 	}
 	return coordinator.Hooks{}
-}
-
-func cmdDLQList(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("connector dlq ls", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	file := fs.String("file", "data/dlq.ndjson", "dead-letter NDJSON `file`")
-	class := fs.String("class", "", "only this error class")
-	topic := fs.String("topic", "", "only this source topic")
-	if err := fs.Parse(args); err != nil {
-		return &usageError{err}
-	}
-	letters, err := dlq.ReadFile(*file)
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TOPIC\tPARTITION\tOFFSET\tCLASS\tFAILED\tERROR")
-	n := 0
-	for _, l := range letters {
-		if (*class != "" && l.ErrorClass != *class) || (*topic != "" && l.Topic != *topic) {
-			continue
-		}
-		n++
-		msg := l.Error
-		if len(msg) > 100 {
-			msg = msg[:100] + "…"
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", l.Topic, l.Partition, l.Offset, l.ErrorClass, l.LastFailure.Format(time.RFC3339), msg)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%d dead letters\n", n)
-	return nil
 }
 
 func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -44,8 +44,16 @@ func main() {
 	bin := flag.String("connector", "bin/connector", "connector binary")
 	workers := flag.Int("workers", 2, "connector workers")
 	batch := flag.Int("batch", 5000, "connector batch size")
+	only := flag.String("only", "", "comma-separated parts to run: throughput, latency, ceiling (default all)")
 	flag.Parse()
-	if err := run(*n, *rate, *latDur, *bin, *workers, *batch); err != nil {
+	parts := map[string]bool{"throughput": true, "latency": true, "ceiling": true}
+	if *only != "" {
+		clear(parts)
+		for _, p := range strings.Split(*only, ",") {
+			parts[strings.TrimSpace(p)] = true
+		}
+	}
+	if err := run(*n, *rate, *latDur, *bin, *workers, *batch, parts); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -59,7 +67,7 @@ type world struct {
 	dir     string
 }
 
-func run(n int64, rate float64, latDur time.Duration, bin string, workers, batch int) error {
+func run(n int64, rate float64, latDur time.Duration, bin string, workers, batch int, parts map[string]bool) error {
 	brokers, dsn := os.Getenv("KAFKA_BROKERS"), os.Getenv("DATABASE_URL")
 	if brokers == "" || dsn == "" {
 		return errors.New("set KAFKA_BROKERS and DATABASE_URL (make bench does)")
@@ -78,67 +86,100 @@ func run(n int64, rate float64, latDur time.Duration, bin string, workers, batch
 	w := &world{brokers: strings.Split(brokers, ","), dsn: dsn, cl: cl, adm: kadm.NewClient(cl), dir: dir}
 	ctx := context.Background()
 
-	fmt.Printf("ktsink-bench: %d bars, %d workers, batch %d, GOMAXPROCS-visible cores %d\n", n, workers, batch, numCPU())
+	fmt.Printf("ktsink-bench: %d bars, %d workers, batch %d, GOMAXPROCS-visible cores %d, load average %s\n", n, workers, batch, numCPU(), loadAvg())
+	// Every figure here is CPU-bound on a small machine: another test run
+	// sharing the cores (a load average above the core count) cuts them
+	// by half or more, so the load averages at start and end are printed.
+	defer func() { fmt.Printf("load average at the end: %s\n", loadAvg()) }()
 
-	// 1. throughput
 	topic, schema := fmt.Sprintf("bench-tp-%d", time.Now().UnixNano()), fmt.Sprintf("bench_tp_%d", time.Now().UnixNano())
+	rowsPerSec := 0.0
+	if parts["throughput"] {
+		if rowsPerSec, err = w.throughput(ctx, topic, schema, n, bin, workers, batch); err != nil {
+			return err
+		}
+	}
+	if parts["latency"] {
+		if err := w.latencyRun(ctx, topic+"-lat", schema+"_lat", rate, latDur, bin, workers, batch); err != nil {
+			return err
+		}
+	}
+	if parts["ceiling"] {
+		ceiling, err := w.ceiling(ctx, schema+"_alone", n)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("ceiling: PostgreSQL alone, staged upsert, 2 writers, 5000-row batches: %.0f rows/s\n", ceiling)
+		if rowsPerSec > 0 {
+			fmt.Printf("ratio: end to end / ceiling = %.0f%%\n", 100*rowsPerSec/ceiling)
+		}
+	}
+	return nil
+}
+
+// throughput lands n bars produced beforehand and returns rows/s.
+func (w *world) throughput(ctx context.Context, topic, schema string, n int64, bin string, workers, batch int) (float64, error) {
 	if err := w.setup(ctx, topic, schema); err != nil {
-		return err
+		return 0, err
 	}
 	start := time.Now()
-	if _, err := loadgen.ProduceBars(ctx, cl, loadgen.NewBars(1, 2000, 0), loadgen.Options{Topic: topic, Count: n}); err != nil {
-		return err
+	if _, err := loadgen.ProduceBars(ctx, w.cl, loadgen.NewBars(1, 2000, 0), loadgen.Options{Topic: topic, Count: n}); err != nil {
+		return 0, err
 	}
 	fmt.Printf("produced %d bars in %s\n", n, time.Since(start).Round(time.Millisecond))
 	p, err := w.startConnector(bin, topic, schema, workers, batch)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	t0 := time.Now()
 	if err := w.waitCommitted(ctx, topic, "bench-"+topic, 10*time.Minute, nil); err != nil {
 		p.kill()
-		return err
+		return 0, err
 	}
 	elapsed := time.Since(t0)
-	rss := p.peakRSS()
+	rss, cpu := p.peakRSS(), p.cpuTime()
 	p.stop()
 	rowsPerSec := float64(n) / elapsed.Seconds()
 	var count int64
 	if err := w.count(ctx, schema, &count); err != nil {
-		return err
+		return 0, err
 	}
 	if count != int64(min(n, 2000*int64((n+1999)/2000))) {
-		return fmt.Errorf("table holds %d rows after the throughput run, want %d", count, n)
+		return 0, fmt.Errorf("table holds %d rows after the throughput run, want %d", count, n)
 	}
-	fmt.Printf("throughput: %d rows in %s = %.0f rows/s end to end; connector peak RSS %.1f MiB\n",
-		n, elapsed.Round(time.Millisecond), rowsPerSec, float64(rss)/(1<<20))
+	fmt.Printf("throughput: %d rows in %s = %.0f rows/s end to end; connector peak RSS %.1f MiB, CPU %.2fs (%.2f µs/row)\n",
+		n, elapsed.Round(time.Millisecond), rowsPerSec, float64(rss)/(1<<20), cpu.Seconds(), float64(cpu.Microseconds())/float64(n))
+	return rowsPerSec, nil
+}
 
-	// 2. latency at a steady rate
-	topic2, schema2 := topic+"-lat", schema+"_lat"
-	if err := w.setup(ctx, topic2, schema2); err != nil {
+// latencyRun measures latency at a steady rate.
+func (w *world) latencyRun(ctx context.Context, topic, schema string, rate float64, latDur time.Duration, bin string, workers, batch int) error {
+	if err := w.setup(ctx, topic, schema); err != nil {
 		return err
 	}
-	p2, err := w.startConnector(bin, topic2, schema2, workers, batch)
+	p, err := w.startConnector(bin, topic, schema, workers, batch)
 	if err != nil {
 		return err
 	}
 	time.Sleep(3 * time.Second) // joined and idle
-	p50, p99, got, err := w.latency(ctx, topic2, "bench-"+topic2, rate, latDur)
-	p2.stop()
+	p50, p99, got, err := w.latency(ctx, topic, "bench-"+topic, rate, latDur)
+	p.stop()
 	if err != nil {
 		return err
 	}
 	fmt.Printf("latency at %.0f rows/s for %s (%d records): produce-ack to offset commit p50 %.1f ms, p99 %.1f ms\n",
 		rate, latDur, got, p50, p99)
-
-	// 3. PostgreSQL alone
-	ceiling, err := w.ceiling(ctx, schema+"_alone", n)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("ceiling: PostgreSQL alone, staged upsert, 2 writers, 5000-row batches: %.0f rows/s\n", ceiling)
-	fmt.Printf("ratio: end to end / ceiling = %.0f%%\n", 100*rowsPerSec/ceiling)
 	return nil
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func numCPU() int {
@@ -226,6 +267,23 @@ func (p *proc) peakRSS() int64 {
 		}
 	}
 	return -1
+}
+
+// cpuTime reads the process's user and system CPU time so far.
+func (p *proc) cpuTime() time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return -1
+	}
+	// fields after the parenthesized command: state is field 3; utime and
+	// stime are fields 14 and 15, in clock ticks (100 per second on Linux)
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func (p *proc) stop() {
