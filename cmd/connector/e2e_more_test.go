@@ -21,7 +21,13 @@ import (
 func TestEndToEndBackpressure(t *testing.T) {
 	e := newEnv(t, 4)
 	want := map[barKey]loadgen.Bar{}
-	e.produce(loadgen.NewBars(21, 300, 0), 120_000, want)
+	// records keep arriving for the whole stall (20,000/s for 8 s), so the
+	// queue fills however fast the connector got through what came before
+	produced := make(chan struct{})
+	go func() {
+		defer close(produced)
+		e.produceAt(loadgen.NewBars(21, 300, 0), 160_000, 20_000, want)
+	}()
 	const capacity = 5000
 	p := e.start(e.writeConfig("bp", topicOpts{workers: 2, capacity: capacity, batch: 500}))
 	addr := p.statusAddr(t)
@@ -39,9 +45,9 @@ func TestEndToEndBackpressure(t *testing.T) {
 	var (
 		maxDepth     int
 		sawPaused    bool
-		sawHigh      bool
 		resumedAfter bool
 		maxRSS       float64
+		high, low    int
 	)
 	poll := func() {
 		st, err := fetchStatus(addr)
@@ -49,9 +55,7 @@ func TestEndToEndBackpressure(t *testing.T) {
 			t.Fatalf("/status: %v", err)
 		}
 		maxDepth = max(maxDepth, st.QueueSize)
-		if st.QueueSize >= st.HighWatermark {
-			sawHigh = true
-		}
+		high, low = st.HighWatermark, st.LowWatermark
 		m, err := httpGet(addr, "/metrics")
 		if err != nil {
 			t.Fatalf("/metrics: %v", err)
@@ -68,8 +72,9 @@ func TestEndToEndBackpressure(t *testing.T) {
 		poll()
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !sawHigh || !sawPaused {
-		t.Fatalf("with the table locked: queue reached high watermark %v, fetch paused %v (max depth %d)", sawHigh, sawPaused, maxDepth)
+	if !sawPaused {
+		st, _ := fetchStatus(addr)
+		t.Fatalf("fetching never paused with the table locked (max depth %d)\nstatus %+v\n%s", maxDepth, st, tail(p.logText(), 40))
 	}
 	if resumedAfter {
 		t.Fatal("fetching resumed while the sink was stalled")
@@ -84,6 +89,7 @@ func TestEndToEndBackpressure(t *testing.T) {
 	if !resumedAfter {
 		t.Fatal("fetching never resumed after the lock was released")
 	}
+	<-produced
 	e.waitCaughtUp(3*time.Minute, p)
 	poll()
 	if maxDepth > capacity {
@@ -92,11 +98,43 @@ func TestEndToEndBackpressure(t *testing.T) {
 	if maxRSS > 256<<20 {
 		t.Fatalf("peak RSS %.0f MiB: memory not bounded by the queue", maxRSS/(1<<20))
 	}
-	t.Logf("max queue depth %d of %d, peak RSS %.0f MiB", maxDepth, capacity, maxRSS/(1<<20))
+	// every pause came at the high watermark and every resume at the low
+	// one (the coordinator logs each turn with the depth at that moment)
+	pauses, resumes := flowTurns(p.logText())
+	if len(pauses) == 0 || len(resumes) == 0 {
+		t.Fatalf("log shows %d pauses and %d resumes of fetching, want some of each", len(pauses), len(resumes))
+	}
+	for _, d := range pauses {
+		if d < high {
+			t.Fatalf("fetching paused at depth %d, below the high watermark %d", d, high)
+		}
+	}
+	for _, d := range resumes {
+		if d > low {
+			t.Fatalf("fetching resumed at depth %d, above the low watermark %d", d, low)
+		}
+	}
+	t.Logf("max queue depth %d of %d, %d pauses, %d resumes, peak RSS %.0f MiB", maxDepth, capacity, len(pauses), len(resumes), maxRSS/(1<<20))
 	if err := p.stop(t, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	e.checkTable(want)
+}
+
+var flowTurn = regexp.MustCompile(`msg="queue at (high|low) watermark: (?:pausing|resuming) fetch".* depth=(\d+)`)
+
+// flowTurns reads from a connector's log the queue depths at which it
+// paused and resumed fetching.
+func flowTurns(log string) (pauses, resumes []int) {
+	for _, m := range flowTurn.FindAllStringSubmatch(log, -1) {
+		d, _ := strconv.Atoi(m[2])
+		if m[1] == "high" {
+			pauses = append(pauses, d)
+		} else {
+			resumes = append(resumes, d)
+		}
+	}
+	return pauses, resumes
 }
 
 func fetchStatus(addr string) (coordinator.Status, error) {
