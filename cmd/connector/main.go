@@ -57,7 +57,9 @@ commands:
   migrate        create the tables, hypertables and policies, then exit
   config check   validate the configuration and print it, secrets redacted
   wal inspect    print the write-ahead log
-  dlq ls         list dead letters from the NDJSON file
+  dlq ls         list dead letters (file or topic), filtered by topic, class, offset, time
+  dlq show       print dead letters whole: metadata, error, key and value
+  dlq replay     send dead letters back to their source topic or straight to the tables
   loadgen        produce synthetic market data to Kafka
 
 Run 'connector <command> -h' for the flags of a command.
