@@ -63,13 +63,14 @@ func BenchmarkWriteBars(b *testing.B) {
 	}
 }
 
-// BenchmarkUpsertPath compares the ways of writing an upsert batch by its
-// size: INSERT … SELECT FROM unnest, and COPY into a staging table that is
-// created once per connection (ON COMMIT DELETE ROWS, what Write does) or
-// in every transaction (ON COMMIT DROP).
+// BenchmarkUpsertPath compares the ways of writing an upsert batch of new
+// keys by its size: INSERT … SELECT FROM unnest, a plain COPY into the
+// table (copy_first, what Write tries first), and COPY into
+// a staging table that is created once per connection (ON COMMIT DELETE
+// ROWS, what Write falls back to) or in every transaction (ON COMMIT DROP).
 func BenchmarkUpsertPath(b *testing.B) {
 	for _, size := range []int{100, 500, 750, 1000, 2000, 5000} {
-		for _, path := range []string{"unnest", "staging", "staging_drop"} {
+		for _, path := range []string{"unnest", "copy_first", "staging", "staging_drop"} {
 			b.Run(fmt.Sprintf("rows=%d/%s", size, path), func(b *testing.B) {
 				e := newPGEnv(b, 1)
 				unnestMax := 1 << 30
@@ -77,6 +78,7 @@ func BenchmarkUpsertPath(b *testing.B) {
 					unnestMax = 0
 				}
 				w := newBarsWriter(b, e, ModeUpsert, unnestMax)
+				w.cfg.NoCopyFirst = path != "copy_first"
 				if path == "staging_drop" {
 					tg := w.targets[0]
 					tg.createStage = strings.Replace(tg.createStage, "ON COMMIT DELETE ROWS", "ON COMMIT DROP", 1)

@@ -39,11 +39,13 @@ func newWriter(t testing.TB, e *pgEnv, tables map[string]Table, unnestMax int) *
 	return w
 }
 
-// paths are the two ways an upsert is written.
+// paths are the ways an upsert is written: a plain COPY tried first (what
+// Write does), unnest arrays alone, the staging table alone.
 var paths = []struct {
-	name      string
-	unnestMax int
-}{{"unnest", 1 << 30}, {"staging", 0}}
+	name        string
+	unnestMax   int
+	noCopyFirst bool
+}{{"copy_first", defaultUnnestMax, false}, {"unnest", 1 << 30, true}, {"staging", 0, true}}
 
 type barRow struct {
 	Symbol string
@@ -72,6 +74,7 @@ func TestUpsertLandsAndUpdates(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			e := newPGEnv(t, 2)
 			w := newBarsWriter(t, e, ModeUpsert, p.unnestMax)
+			w.cfg.NoCopyFirst = p.noCopyFirst
 			syms := []string{"AAPL", "MSFT", "GOOG"}
 			b := barBatch(1, "bars", 0, 0, 3, func(i int) []byte { return barJSON(syms[i], t0, 10, 100) })
 			var c collector
@@ -107,6 +110,7 @@ func TestDuplicateKeysKeepLast(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			e := newPGEnv(t, 1)
 			w := newBarsWriter(t, e, ModeUpsert, p.unnestMax)
+			w.cfg.NoCopyFirst = p.noCopyFirst
 			// the same key five times, written in different notations:
 			// offsets, fractions below the microsecond, epoch ms
 			values := [][]byte{
@@ -481,5 +485,80 @@ func TestDataErrorFromServer(t *testing.T) {
 	e.exec(t, "RESET statement_timeout")
 	if !IsRetryable(err) || IsDataError(err) {
 		t.Errorf("statement timeout %v: retryable %v", err, IsRetryable(err))
+	}
+}
+
+// TestCopyFirst: an upsert batch of new keys lands by a plain COPY; one
+// that meets existing keys falls back (here to the staging table) and
+// updates them, and the next few batches skip the attempt; a bad row is
+// still isolated alone.
+func TestCopyFirst(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 1)
+	w := newBarsWriter(t, e, ModeUpsert, 0)
+	state := &w.targets[0].copyFirst
+	counts := func() (landed, refused, skip int) {
+		state.mu.Lock()
+		defer state.mu.Unlock()
+		return state.landed, state.refused, state.skip
+	}
+	var c collector
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Minute) }
+	b := barBatch(1, "bars", 0, 0, 100, func(i int) []byte { return barJSON("AAPL", at(i), 10, 100) })
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatal(err)
+	}
+	if l, r, _ := counts(); l != 1 || r != 0 {
+		t.Fatalf("new keys: copy first landed %d, refused %d; want 1, 0", l, r)
+	}
+	// half the keys exist: refused, upserted through the staging table
+	b = barBatch(2, "bars", 0, 100, 100, func(i int) []byte { return barJSON("AAPL", at(50+i), 20, 200) })
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatal(err)
+	}
+	if l, r, skip := counts(); l != 1 || r != 1 || skip != copyFirstMinPenalty {
+		t.Fatalf("existing keys: copy first landed %d, refused %d, skip %d; want 1, 1, %d", l, r, skip, copyFirstMinPenalty)
+	}
+	got := e.bars(t)
+	if len(got) != 150 {
+		t.Fatalf("%d rows, want 150", len(got))
+	}
+	for i, r := range got {
+		want := 10.0
+		if i >= 50 {
+			want = 20
+		}
+		if r.Open == nil || *r.Open != want {
+			t.Fatalf("row %d %+v: open want %v", i, r, want)
+		}
+	}
+	// the next batches skip the attempt, then it is tried again
+	for i := range copyFirstMinPenalty + 1 {
+		b = barBatch(uint64(3+i), "bars", 0, int64(200+10*i), 10, func(j int) []byte { return barJSON("MSFT", at(10*i+j), 1, 1) })
+		if err := w.Write(ctx, b, c.reject); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, r, skip := counts(); l != 2 || r != 1 || skip != 0 {
+		t.Fatalf("after the penalty: copy first landed %d, refused %d, skip %d; want 2, 1, 0", l, r, skip)
+	}
+	// a row the database refuses: isolated alone, the rest lands
+	if _, err := e.pool.Exec(ctx, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ADD CHECK (volume >= 0)"); err != nil {
+		t.Fatal(err)
+	}
+	b = barBatch(20, "bars", 0, 300, 10, func(i int) []byte {
+		if i == 4 {
+			return barJSON("GOOG", at(i), 1, -1)
+		}
+		return barJSON("GOOG", at(i), 1, 1)
+	})
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.got) != 1 || c.got[0].Record.Offset != 304 || c.got[0].Class != record.ClassData {
+		t.Fatalf("rejected %+v, want offset 304 alone, class data", c.got)
+	}
+	if n := len(e.bars(t)); n != 150+50+9 {
+		t.Fatalf("%d rows, want %d", n, 150+50+9)
 	}
 }

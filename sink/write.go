@@ -8,6 +8,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -471,14 +472,22 @@ func (w *Writer) isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any
 	return w.isolate(ctx, tx, t, rows[mid:], recs[mid:], rejected)
 }
 
-// land writes rows to t by the fastest way for their number. moving
-// empties the staging table in the same statement, for when it is used
-// more than once in a transaction.
+// land writes rows to t by the fastest way: for an upsert, a plain COPY
+// first (copyFirst) unless recent batches met existing keys, else unnest
+// arrays or the staging table by the number of rows. moving (set while
+// isolating bad rows) empties the staging table in the same statement, for
+// when it is used more than once in a transaction, and skips the COPY.
 func (w *Writer) land(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, moving bool) error {
-	switch {
-	case !t.upsert:
+	if !t.upsert {
 		return copyRows(ctx, tx, t, t.id, t.copyTarget, rows)
-	case !w.usesStaging(t, len(rows)):
+	}
+	if !moving && !w.cfg.NoCopyFirst && t.copyFirst.try() {
+		landed, err := copyFirst(ctx, tx, t, rows)
+		if err != nil || landed {
+			return err
+		}
+	}
+	if !w.usesStaging(t, len(rows)) {
 		args := make([]any, len(t.cols))
 		for c := range t.cols {
 			args[c] = columnArg(rows, c)
@@ -543,4 +552,74 @@ func gather[T any](rows [][]any, c int) ([]T, bool) {
 		}
 	}
 	return out, true
+}
+
+// copyFirst tries to land an upsert batch with a plain COPY into the
+// target, under a savepoint: when none of its keys exist yet (the common
+// case for market data, which mostly appends) that is the same result as
+// the upsert at a good part of its cost, skipping the staging table and the
+// conflict checks of INSERT … ON CONFLICT. When the database refuses the
+// COPY for data reasons (a key that exists, or a bad row) it rolls back to
+// the savepoint and reports landed false: the caller then upserts through
+// the staging table as usual, where a bad row is isolated. Other errors are
+// returned.
+func copyFirst(ctx context.Context, tx pgx.Tx, t *target, rows [][]any) (landed bool, err error) {
+	if _, err := tx.Exec(ctx, "SAVEPOINT ktsink_copy"); err != nil {
+		return false, err
+	}
+	err = copyRows(ctx, tx, t, t.id, t.copyTarget, rows)
+	if err == nil {
+		t.copyFirst.record(true)
+		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT ktsink_copy")
+		return err == nil, err
+	}
+	if !splittable(err) {
+		return false, err
+	}
+	t.copyFirst.record(false)
+	if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT ktsink_copy; RELEASE SAVEPOINT ktsink_copy"); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// copyFirstState decides, per target, whether an upsert batch first tries
+// copyFirst. After a batch whose COPY was refused, the next ones go
+// straight to the staging table, for a number of batches that doubles with
+// each refusal in a row (from 4 up to 1024), so that a stream of updates
+// to existing keys pays for a failed COPY about once in a thousand
+// batches, while a stream of new keys keeps the fast path.
+type copyFirstState struct {
+	mu              sync.Mutex
+	skip            int // batches left to write without trying
+	penalty         int // skip after the next refusal
+	landed, refused int // batches, for tests and debugging
+}
+
+const (
+	copyFirstMinPenalty = 4
+	copyFirstMaxPenalty = 1024
+)
+
+func (c *copyFirstState) try() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.skip > 0 {
+		c.skip--
+		return false
+	}
+	return true
+}
+
+func (c *copyFirstState) record(ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ok {
+		c.landed++
+		c.penalty = 0
+		return
+	}
+	c.refused++
+	c.penalty = min(max(2*c.penalty, copyFirstMinPenalty), copyFirstMaxPenalty)
+	c.skip = c.penalty
 }
