@@ -111,7 +111,9 @@ type Coordinator struct {
 	// MDS_COORDINATOR_BATCH_SIZE. Default 5000.
 	BatchSize int `yaml:"batch_size"`
 	// FlushInterval is the longest a record waits for its batch to fill.
-	// Env MDS_COORDINATOR_FLUSH_INTERVAL (seconds). Default 50ms.
+	// Env MDS_COORDINATOR_FLUSH_INTERVAL (seconds). Default 5ms: under
+	// load a batch fills while the worker's previous write runs, so the
+	// interval only holds back records when traffic is light.
 	FlushInterval Duration `yaml:"flush_interval"`
 	// Overflow is what a full queue does: block (default, never drops),
 	// drop_oldest (to the dead letters with class overflow), error.
@@ -223,7 +225,7 @@ func Default() Config {
 		},
 		Coordinator: Coordinator{
 			Capacity: 40000, HighWatermark: 0.8, LowWatermark: 0.5, Workers: 2,
-			BatchSize: 5000, FlushInterval: Duration(50 * time.Millisecond),
+			BatchSize: 5000, FlushInterval: Duration(5 * time.Millisecond),
 			Overflow: OverflowBlock, RevokeTimeout: Duration(30 * time.Second),
 		},
 		Retry: Retry{
