@@ -277,7 +277,7 @@ func (f *mapField) lookup(root map[string]any) (any, bool, error) {
 		case nil:
 			return nil, false, nil
 		default:
-			return nil, false, fmt.Errorf("field %q: %q is a %s, not an object", f.path, strings.Join(f.segs[:i], "."), jsonKind(x))
+			return nil, false, fmt.Errorf("field %q: %q is a %s, not an object or array", f.path, strings.Join(f.segs[:i], "."), jsonKind(x))
 		}
 	}
 	return cur, cur != nil, nil
