@@ -141,10 +141,11 @@ type OptionSnapshots struct {
 	Step        time.Duration
 	UpdateShare float64
 
-	rng    rng
-	n      int64
-	prices []float64
-	names  []string
+	rng     rng
+	n       int64
+	prices  []float64
+	strikes []float64 // the middle strike of each underlying's chain, fixed
+	names   []string
 }
 
 // NewOptions returns a generator seeded with seed.
@@ -159,6 +160,7 @@ func NewOptions(seed uint64, underlyings int, updateShare float64) *OptionSnapsh
 	for i := range underlyings {
 		g.names = append(g.names, fmt.Sprintf("UND%03d", i))
 		g.prices = append(g.prices, 20+g.rng.r.Float64()*480)
+		g.strikes = append(g.strikes, math.Round(g.prices[i]/5)*5)
 	}
 	return g
 }
@@ -177,8 +179,7 @@ func (g *OptionSnapshots) Next() Option {
 		right = "P"
 	}
 	spot := g.prices[u]
-	base := math.Round(spot/5) * 5
-	strike := base + float64(strikeIdx-optStrikes/2)*2.5
+	strike := g.strikes[u] + float64(strikeIdx-optStrikes/2)*2.5
 	if strike <= 0 {
 		strike = 2.5 * float64(strikeIdx+1)
 	}
@@ -215,6 +216,7 @@ func (g *OptionSnapshots) Clone() *OptionSnapshots {
 	c := *g
 	c.rng = g.rng.clone()
 	c.prices = append([]float64(nil), g.prices...)
+	c.strikes = append([]float64(nil), g.strikes...)
 	c.names = append([]string(nil), g.names...)
 	return &c
 }
