@@ -23,7 +23,6 @@ import (
 	"maps"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -750,10 +749,12 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid`, t.ident, t.cols, types)
 }
 
 // migrateHypertable makes a table the connector just created a hypertable
-// and sets up its compression and, for bars, the hourly continuous
-// aggregate; each step is skipped when done already, so Migrate may run any
-// number of times. A table that existed as a plain table is left alone
-// (converting it would rewrite it).
+// with compression (segmented by the key columns but time, ordered by time
+// descending) and a compression policy, and, for bars, adds the hourly
+// continuous aggregate with its refresh policy; each step is skipped when
+// done already, so Migrate may run any number of times. A table that
+// existed as a plain table is left alone (converting it would rewrite it),
+// and so are the compression settings of an existing hypertable.
 func (w *Writer) migrateHypertable(ctx context.Context, tx pgx.Tx, t *target, existed bool) error {
 	h := t.def.Hypertable
 	var isHyper, compressed bool
@@ -773,13 +774,15 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 			chunk = 7 * 24 * time.Hour
 		}
 		_, err := tx.Exec(ctx, "SELECT create_hypertable($1::regclass, by_range($2::name, $3::interval), if_not_exists => true)",
-			t.ident, t.def.TimeColumn, intervalText(chunk))
+			t.ident, t.def.TimeColumn, chunk)
 		if err != nil {
 			return fmt.Errorf("creating hypertable: %w", err)
 		}
 		w.log.Info("created hypertable", "table", t.name, "time_column", t.def.TimeColumn, "chunk_interval", chunk.String())
 	}
-	if h.CompressAfter > 0 {
+	if h.CompressAfter > 0 && existed && !compressed {
+		w.log.Info("hypertable exists without compression: left so", "table", t.name)
+	} else if h.CompressAfter > 0 {
 		if !compressed {
 			var segment []string
 			for _, k := range t.def.Key {
@@ -797,25 +800,33 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 			}
 		}
 		_, err := tx.Exec(ctx, "SELECT add_compression_policy($1::regclass, compress_after => $2::interval, if_not_exists => true)",
-			t.ident, intervalText(h.CompressAfter))
+			t.ident, h.CompressAfter)
 		if err != nil {
 			return fmt.Errorf("adding compression policy: %w", err)
 		}
 	}
 	if h.HourlyBars {
 		view := pgx.Identifier{t.def.Schema, t.def.Name + "_1h"}
-		_, err := tx.Exec(ctx, fmt.Sprintf(`CREATE MATERIALIZED VIEW IF NOT EXISTS %s
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", view.Sanitize()).Scan(&exists); err != nil {
+			return fmt.Errorf("looking up continuous aggregate %s: %w", view.Sanitize(), err)
+		}
+		if !exists {
+			// WITH NO DATA: WITH DATA cannot run inside a transaction
+			// block; the refresh policy fills it
+			_, err := tx.Exec(ctx, fmt.Sprintf(`CREATE MATERIALIZED VIEW %s
 WITH (timescaledb.continuous) AS
 SELECT symbol, time_bucket(INTERVAL '1 hour', ts) AS bucket,
 	first(open, ts) AS open, max(high) AS high, min(low) AS low, last(close, ts) AS close,
 	sum(volume) AS volume, count(*) AS bars
 FROM %s
-GROUP BY symbol, bucket
+GROUP BY symbol, time_bucket(INTERVAL '1 hour', ts)
 WITH NO DATA`, view.Sanitize(), t.ident))
-		if err != nil {
-			return fmt.Errorf("creating continuous aggregate %s: %w", view.Sanitize(), err)
+			if err != nil {
+				return fmt.Errorf("creating continuous aggregate %s: %w", view.Sanitize(), err)
+			}
 		}
-		_, err = tx.Exec(ctx, `SELECT add_continuous_aggregate_policy($1::regclass,
+		_, err := tx.Exec(ctx, `SELECT add_continuous_aggregate_policy($1::regclass,
 	start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
 	schedule_interval => INTERVAL '30 minutes', if_not_exists => true)`, view.Sanitize())
 		if err != nil {
@@ -823,11 +834,6 @@ WITH NO DATA`, view.Sanitize(), t.ident))
 		}
 	}
 	return nil
-}
-
-// intervalText writes d as a PostgreSQL interval in microseconds.
-func intervalText(d time.Duration) string {
-	return strconv.FormatInt(d.Microseconds(), 10) + " microseconds"
 }
 
 // quoteLiteral quotes s as an SQL string literal.
