@@ -12,6 +12,16 @@
 // transaction commits. In exactly_once mode the same transaction advances
 // each partition's next offset in an offsets table, and refuses (ErrFenced)
 // when another process advanced it first.
+//
+// The tables: Bars (a hand-written decoder, the hot path), Options,
+// Fundamentals and News (the built-in kinds; each function documents its
+// JSON format, key and layout), and Mapped, which builds a table from any
+// JSON by paths and column types (the configuration's generic mappings).
+// Tombstones (null values) are skipped, or, with Table.DeleteTombstones,
+// delete the row whose key Table.DecodeKey reads from the Kafka key, in the
+// batch's transaction and in offset order with its upserts. Migrate creates
+// what is missing, with hypertables, compression and the hourly bars
+// aggregate where TimescaleDB is present.
 package sink
 
 import (

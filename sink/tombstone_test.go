@@ -133,3 +133,64 @@ func TestTombstonesSkippedAreCounted(t *testing.T) {
 		t.Errorf("tombstones counted %v, want 2 skipped", counted)
 	}
 }
+
+// TestMappedTableLands writes a generic mapping without array columns
+// through each path (unnest, staging, COPY in insert mode) and reads the
+// values back.
+func TestMappedTableLands(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		mode      Mode
+		unnestMax int
+	}{{"unnest", ModeUpsert, defaultUnnestMax}, {"staging", ModeUpsert, 0}, {"insert", ModeInsert, 0}} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newPGEnv(t, 1)
+			tb, err := Mapped(e.schema, "m", Mapping{
+				Fields: []Field{
+					{Column: "id", Type: "varchar(8)"},
+					{Column: "ts", Type: "timestamp", TimeFormat: TimeEpochUS},
+					{Column: "price", Type: "numeric(12,4)"},
+					{Column: "ratio", Type: "real"},
+					{Column: "n", Type: "smallint"},
+					{Column: "d", Type: "date"},
+					{Column: "j", Type: "json"},
+					{Column: "flag", Type: "boolean"},
+				},
+				Key: []string{"id", "ts"}, TimeColumn: "ts", Mode: tt.mode,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := New(e.pool, Config{Tables: map[string]Table{"m": tb}, OffsetsSchema: e.schema})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.unnestMax = tt.unnestMax
+			if err := w.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			values := []string{
+				`{"id":"a","ts":1767364200123456,"price":"12.3456","ratio":0.5,"n":-3,"d":"2026-01-02","j":[1,{"x":null}],"flag":false}`,
+				`{"id":"b","ts":1767364200000000}`,
+			}
+			b := barBatch(1, "m", 0, 0, len(values), func(i int) []byte { return []byte(values[i]) })
+			if err := w.Write(ctx, b, nil); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			rows, err := e.pool.Query(ctx, `SELECT concat_ws('|', id, ts, price, ratio, n, d, j, flag) FROM `+pgx.Identifier{e.schema, "m"}.Sanitize()+` ORDER BY id`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var line string
+			if _, err := pgx.ForEachRow(rows, []any{&line}, func() error { got = append(got, line); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{`a|2026-01-02 14:30:00.123456|12.3456|0.5|-3|2026-01-02|[1,{"x":null}]|f`, `b|2026-01-02 14:30:00`}
+			if !slices.Equal(got, want) {
+				t.Errorf("rows\n %q\nwant\n %q", got, want)
+			}
+		})
+	}
+}
