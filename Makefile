@@ -56,7 +56,8 @@ clean:
 
 .PHONY: demo bench
 
-# The main job end to end on local services: generated bars, the connector,
+# The main job end to end on local services: generated market data of every
+# kind (bars, options, fundamentals, news; DEMO_RECORDS of each), the connector,
 # live progress, and a summary read back from the database.
 DEMO_RECORDS ?= 200000
 DEMO_RATE ?= 50000

@@ -29,8 +29,10 @@ type Config struct {
 	DLQ         DLQ         `yaml:"dlq"`
 	Metrics     Metrics     `yaml:"metrics"`
 	Log         Log         `yaml:"log"`
-	// Topics maps source topics onto tables. Default: the built-in kinds
-	// (topic bars into table bars).
+	// Topics maps source topics onto tables. Default: the four built-in
+	// kinds, each from the topic of its name into the table of its name
+	// (bars, options, fundamentals, news). A topic that does not exist yet
+	// is not an error: it is consumed once it is created.
 	Topics []Topic `yaml:"topics"`
 	// ShutdownTimeout bounds the drain on SIGTERM: stop fetching, flush,
 	// commit, close. Default 30s.
@@ -190,11 +192,19 @@ const (
 	ModeExactlyOnce = "exactly_once"
 )
 
-// Topic maps one source topic onto one table.
+// Tombstone actions of a topic.
+const (
+	TombstonesSkip   = "skip"
+	TombstonesDelete = "delete"
+)
+
+// Topic maps one source topic onto one table: either a built-in Kind or a
+// generic mapping (Columns, Key, TimeColumn).
 type Topic struct {
 	// Name of the Kafka topic. Required.
 	Name string `yaml:"name"`
-	// Kind is a built-in record kind: "bars". Required.
+	// Kind is a built-in record kind: bars, options, fundamentals, news.
+	// Required unless Columns are given; not allowed with them.
 	Kind string `yaml:"kind"`
 	// Table name. Default: the topic name.
 	Table string `yaml:"table"`
@@ -204,10 +214,55 @@ type Topic struct {
 	// record is a new row. Allowed with insert and exactly_once (which then
 	// keeps duplicates out by its offsets table). Default false.
 	AppendOnly bool `yaml:"append_only"`
+	// Columns map a JSON topic onto the table's columns (a generic
+	// mapping, instead of Kind). Order is column order.
+	Columns []Column `yaml:"columns"`
+	// Key names the key columns of a generic mapping: the upsert conflict
+	// key and the primary key of a created table. Required with mode
+	// upsert; must include TimeColumn when both are set.
+	Key []string `yaml:"key"`
+	// TimeColumn names the time column of a generic mapping: the
+	// hypertable's time dimension under TimescaleDB, never updated by an
+	// upsert. Empty: none (a plain table).
+	TimeColumn string `yaml:"time_column"`
+	// Tombstones says what a record with a null value does: skip (default;
+	// counted in ktsink_tombstones_total) or delete (the row whose key is
+	// the record's Kafka key; needs a key and mode upsert or exactly_once).
+	Tombstones string `yaml:"tombstones"`
+	// ChunkInterval is the hypertable chunk interval, under TimescaleDB.
+	// Default: the kind's (bars and options 24h, fundamentals 8760h), 7
+	// days for a generic mapping.
+	ChunkInterval Duration `yaml:"chunk_interval"`
+	// CompressAfter compresses chunks older than this, under TimescaleDB.
+	// Default: the kind's (bars and options 168h); none for a generic
+	// mapping. "-1s" or any negative value: no compression.
+	CompressAfter Duration `yaml:"compress_after"`
+}
+
+// Column maps one column of a generic mapping onto its place in the JSON
+// value.
+type Column struct {
+	// Name of the column. Required.
+	Name string `yaml:"name"`
+	// Type is the PostgreSQL type: text, varchar(n), char(n), numeric,
+	// numeric(p,s), double precision, real, smallint, integer, bigint,
+	// boolean, timestamptz, timestamp, date, jsonb, json, text[]. Required.
+	Type string `yaml:"type"`
+	// Path in the JSON value: member names separated by dots, array
+	// indexes as numbers ("device.readings.0"). Default: the column name.
+	Path string `yaml:"path"`
+	// TimeFormat of a timestamp or date column: rfc3339, epoch_s,
+	// epoch_ms, epoch_us. Default: an RFC 3339 string or integer epoch
+	// milliseconds.
+	TimeFormat string `yaml:"time_format"`
+	// Required makes a missing or null value a decode error (the record
+	// goes to the dead letters). Key columns are always required. Default
+	// false: NULL.
+	Required bool `yaml:"required"`
 }
 
 // Kinds are the built-in record kinds.
-var Kinds = []string{"bars"}
+var Kinds = []string{"bars", "options", "fundamentals", "news"}
 
 // Default returns the configuration with every default set and nothing
 // required filled in.
@@ -243,7 +298,11 @@ func Default() Config {
 
 // DefaultTopics are the topics consumed when the configuration names none.
 func DefaultTopics() []Topic {
-	return []Topic{{Name: "bars", Kind: "bars", Table: "bars", Mode: ModeUpsert}}
+	var out []Topic
+	for _, k := range Kinds {
+		out = append(out, Topic{Name: k, Kind: k, Table: k, Mode: ModeUpsert, Tombstones: TombstonesSkip})
+	}
+	return out
 }
 
 // Validate reports every problem of c at once, each naming its setting.
@@ -359,8 +418,13 @@ func (c *Config) Validate() error {
 			bad(setting+".name", "topic %q is mapped twice", t.Name)
 		}
 		seen[t.Name] = true
-		if !contains(Kinds, t.Kind) {
-			bad(setting+".kind", "must be one of %s, got %q", strings.Join(Kinds, ", "), t.Kind)
+		switch {
+		case len(t.Columns) > 0 && t.Kind != "":
+			bad(setting+".kind", "a topic has a kind or columns, not both")
+		case len(t.Columns) == 0 && !contains(Kinds, t.Kind):
+			bad(setting+".kind", "must be one of %s (or give columns), got %q", strings.Join(Kinds, ", "), t.Kind)
+		case t.Kind != "" && (len(t.Key) > 0 || t.TimeColumn != ""):
+			bad(setting+".key", "key and time_column belong to a columns mapping; kind %s has its own", t.Kind)
 		}
 		switch t.Mode {
 		case ModeUpsert, ModeInsert, ModeExactlyOnce:
@@ -373,8 +437,68 @@ func (c *Config) Validate() error {
 		if t.AppendOnly && t.Mode == ModeUpsert {
 			bad(setting+".append_only", "an append-only table has no key to upsert on: use mode insert or exactly_once")
 		}
+		switch t.Tombstones {
+		case "", TombstonesSkip:
+		case TombstonesDelete:
+			if t.AppendOnly || t.Mode == ModeInsert {
+				bad(setting+".tombstones", "delete needs a key written by upsert or exactly_once, not an append-only or insert table")
+			}
+			if len(t.Columns) > 0 && len(t.Key) == 0 {
+				bad(setting+".tombstones", "delete needs a key")
+			}
+		default:
+			bad(setting+".tombstones", "must be skip or delete, got %q", t.Tombstones)
+		}
+		if t.ChunkInterval < 0 {
+			bad(setting+".chunk_interval", "must not be negative, got %s", t.ChunkInterval)
+		}
+		if len(t.Columns) > 0 {
+			validateColumns(setting, t, bad)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateColumns checks a generic mapping's columns, key and time column.
+// The column types are checked by the sink, which knows the conversions.
+func validateColumns(setting string, t Topic, bad func(setting, format string, args ...any)) {
+	cols := map[string]bool{}
+	for j, c := range t.Columns {
+		cs := fmt.Sprintf("%s.columns[%d]", setting, j)
+		switch {
+		case c.Name == "":
+			bad(cs+".name", "required")
+		case cols[c.Name]:
+			bad(cs+".name", "column %q appears twice", c.Name)
+		}
+		cols[c.Name] = true
+		if c.Type == "" {
+			bad(cs+".type", "required (column %q)", c.Name)
+		}
+		switch c.TimeFormat {
+		case "", "rfc3339", "epoch_s", "epoch_ms", "epoch_us":
+		default:
+			bad(cs+".time_format", "must be rfc3339, epoch_s, epoch_ms or epoch_us, got %q (column %q)", c.TimeFormat, c.Name)
+		}
+	}
+	for _, k := range t.Key {
+		if !cols[k] {
+			bad(setting+".key", "%q is not one of the columns", k)
+		}
+	}
+	if len(t.Key) == 0 && !t.AppendOnly && t.Mode == ModeUpsert {
+		bad(setting+".key", "required with mode upsert (or use append_only with insert or exactly_once)")
+	}
+	if t.AppendOnly && len(t.Key) > 0 {
+		bad(setting+".key", "an append-only table has no key")
+	}
+	if t.TimeColumn != "" {
+		if !cols[t.TimeColumn] {
+			bad(setting+".time_column", "%q is not one of the columns", t.TimeColumn)
+		} else if len(t.Key) > 0 && !contains(t.Key, t.TimeColumn) {
+			bad(setting+".key", "must include time_column %q (TimescaleDB unique indexes contain the time column)", t.TimeColumn)
+		}
+	}
 }
 
 func contains(list []string, s string) bool {

@@ -51,7 +51,7 @@ retry:
 				if c.Coordinator.Workers != 2 || c.Coordinator.BatchSize != 5000 || c.Kafka.Group != "ktsink" {
 					t.Errorf("defaults not applied: %+v", c.Coordinator)
 				}
-				if len(c.Topics) != 1 || c.Topics[0].Name != "bars" || c.Topics[0].Mode != ModeUpsert {
+				if len(c.Topics) != 4 || c.Topics[0].Name != "bars" || c.Topics[3].Name != "news" || c.Topics[0].Mode != ModeUpsert {
 					t.Errorf("default topics = %+v", c.Topics)
 				}
 			},
@@ -218,4 +218,57 @@ func ExampleParseDuration() {
 	// 250ms
 	// 250ms
 	// 2s
+}
+
+func TestValidateMappings(t *testing.T) {
+	file := writeFile(t, `
+topics:
+  - name: iot
+    table: readings
+    key: [device, at]
+    time_column: ts
+    tombstones: sometimes
+    columns:
+      - name: device
+        type: text
+      - name: device
+        type: text
+      - name: ts
+        type: ""
+        time_format: epoch_days
+  - name: trades
+    kind: bars
+    key: [symbol]
+  - name: quotes
+    table: quotes
+    mode: insert
+    tombstones: delete
+    columns:
+      - name: symbol
+        type: text
+`)
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	f := RegisterFlags(fs)
+	if err := fs.Parse([]string{"-config", file}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(f, envOf(map[string]string{"KAFKA_BROKERS": "a:1", "DATABASE_URL": "postgres://x@y/z"}))
+	if err == nil {
+		t.Fatal("invalid mappings accepted")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`topics[0].columns[1].name: column "device" appears twice`,
+		`topics[0].columns[2].type: required`,
+		`topics[0].columns[2].time_format`,
+		`topics[0].key: "at" is not one of the columns`,
+		`topics[0].key: must include time_column "ts"`,
+		`topics[0].tombstones: must be skip or delete`,
+		`topics[1].key: key and time_column belong to a columns mapping`,
+		`topics[2].tombstones: delete needs a key written by upsert`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
 }

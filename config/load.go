@@ -240,6 +240,9 @@ func (c *Config) fillDerived() {
 		if c.Topics[i].Mode == "" {
 			c.Topics[i].Mode = ModeUpsert
 		}
+		if c.Topics[i].Tombstones == "" {
+			c.Topics[i].Tombstones = TombstonesSkip
+		}
 	}
 	if c.Postgres.MaxConns == 0 && c.Coordinator.Workers > 0 {
 		c.Postgres.MaxConns = int32(c.Coordinator.Workers + 2)

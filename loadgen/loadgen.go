@@ -117,6 +117,12 @@ type Options struct {
 // ProduceBars produces bars from g to opts.Topic, keyed by symbol, and
 // returns how many were produced (all acknowledged when the error is nil).
 func ProduceBars(ctx context.Context, cl *kgo.Client, g *Bars, opts Options) (int64, error) {
+	return Produce(ctx, cl, g, opts)
+}
+
+// Produce produces records from g to opts.Topic and returns how many were
+// produced (all acknowledged when the error is nil).
+func Produce(ctx context.Context, cl *kgo.Client, g Generator, opts Options) (int64, error) {
 	if opts.Duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, opts.Duration)
@@ -157,8 +163,8 @@ func ProduceBars(ctx context.Context, cl *kgo.Client, g *Bars, opts Options) (in
 				t.Stop()
 			}
 		}
-		b := g.Next()
-		cl.Produce(ctx, &kgo.Record{Topic: opts.Topic, Key: []byte(b.Symbol), Value: b.JSON(nil), Timestamp: time.Now()}, done)
+		key, value := g.NextRecord()
+		cl.Produce(ctx, &kgo.Record{Topic: opts.Topic, Key: key, Value: value, Timestamp: time.Now()}, done)
 		sent++
 		if opts.Progress != nil && time.Since(lastProgress) > time.Second {
 			lastProgress = time.Now()

@@ -54,3 +54,27 @@ func TestUpdatesRewriteEarlierKeys(t *testing.T) {
 		t.Fatalf("%d distinct keys of 2000 with half updates", len(keys))
 	}
 }
+
+// TestGeneratorsAreDeterministicAndUpdate: the same seed gives the same
+// records, a clone continues the same stream, and with an update share
+// some records rewrite an earlier key.
+func TestGeneratorsAreDeterministicAndUpdate(t *testing.T) {
+	for _, kind := range Kinds {
+		t.Run(kind, func(t *testing.T) {
+			a, _ := NewGenerator(kind, 5, 10, 0.5)
+			b, _ := NewGenerator(kind, 5, 10, 0.5)
+			keys := map[string]bool{}
+			for i := range 2000 {
+				ka, va := a.NextRecord()
+				kb, vb := b.NextRecord()
+				if string(ka) != string(kb) || string(va) != string(vb) {
+					t.Fatalf("record %d differs under the same seed:\n%s\n%s", i, va, vb)
+				}
+				keys[string(ka)] = true
+			}
+			if kind != "bars" && len(keys) >= 2000 { // bars keys are symbols
+				t.Errorf("no key repeated among 2000 records with an update share of 0.5")
+			}
+		})
+	}
+}

@@ -28,6 +28,12 @@ import (
 // as encoding/json matches them (exactly, else case-insensitively); of a
 // repeated field the last wins. Invalid JSON, a value that is not an
 // object, or a field of the wrong type is a decode error naming the field.
+//
+// The key of a tombstone (when tombstones delete) is a JSON object
+// {"symbol": "AAPL", "ts": "2024-05-01T13:30:00.250-04:00"}. Where
+// TimescaleDB is present the table is a hypertable on ts with one-day
+// chunks, compressed after 7 days (segmented by symbol), with the hourly
+// continuous aggregate <name>_1h.
 func Bars(schema, name string) Table {
 	return Table{
 		Schema: schema,
@@ -48,6 +54,8 @@ func Bars(schema, name string) Table {
 		TimeColumn: "ts",
 		Mode:       ModeUpsert,
 		Decode:     decodeBar,
+		DecodeKey:  barsKey,
+		Hypertable: Hypertable{ChunkInterval: 24 * time.Hour, CompressAfter: 7 * 24 * time.Hour, HourlyBars: true},
 	}
 }
 

@@ -197,7 +197,7 @@ func appendCopyValue(buf []byte, k copyKind, v any) ([]byte, error) {
 // copyRows copies rows into table (sanitized name in sql) with the sink's
 // own binary encoder when every value allows it, else with pgx's CopyFrom.
 func copyRows(ctx context.Context, tx pgx.Tx, t *target, id pgx.Identifier, sql string, rows [][]any) error {
-	if t.fastCopy {
+	if t.fastCopy && !t.typesDiffer.Load() {
 		if conn := tx.Conn(); conn != nil {
 			data, err := encodeCopy(make([]byte, 0, 64+len(rows)*t.rowSizeHint), t.copyKinds, rows)
 			if err == nil {

@@ -19,6 +19,21 @@ var (
 	ErrFenced = errors.New("partition fenced by another owner")
 )
 
+// SchemaError is returned by Migrate when existing tables do not fit their
+// definitions: a column is missing, a column's type cannot take the values
+// written to it, or an upserted table has no unique index on its key. Each
+// problem names the topic(s), the table and the column. Nothing was
+// changed.
+type SchemaError struct {
+	Problems []error
+}
+
+func (e *SchemaError) Error() string {
+	return fmt.Sprintf("tables do not fit their configuration:\n%v", errors.Join(e.Problems...))
+}
+
+func (e *SchemaError) Unwrap() []error { return e.Problems }
+
 // FencedError names the span that was fenced. It unwraps to ErrFenced.
 type FencedError struct {
 	Span record.Span

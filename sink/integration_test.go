@@ -440,16 +440,29 @@ func TestMigrate(t *testing.T) {
 	}
 
 	// an existing table that does not fit is reported, not altered
-	e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, "other"}.Sanitize()+" (symbol text, ts timestamptz)")
+	e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, "other"}.Sanitize()+" (symbol text, ts timestamptz, open numeric, high boolean)")
 	tb := Bars(e.schema, "other")
 	w2, err := New(e.pool, Config{Tables: map[string]Table{"t": tb}, OffsetsSchema: e.schema})
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = w2.Migrate(ctx)
-	if err == nil || !strings.Contains(err.Error(), "without column(s) open, high, low, close, volume") ||
-		!strings.Contains(err.Error(), "no unique index on (symbol, ts)") {
-		t.Fatalf("Migrate of a misfit table = %v", err)
+	var se *SchemaError
+	if !errors.As(err, &se) {
+		t.Fatalf("Migrate of a misfit table = %v, want a *SchemaError", err)
+	}
+	for _, want := range []string{
+		`topic t, table ` + e.schema + `.other: column "low" is missing`,
+		`column "volume" is missing`,
+		`column "high" is boolean, which cannot take double precision values`,
+		"no unique index on (symbol, ts)",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Migrate of a misfit table = %v\nwant it to say %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), `"open"`) {
+		t.Errorf("numeric takes double precision values (assignment cast), yet: %v", err)
 	}
 
 	// a new schema is created

@@ -16,6 +16,16 @@
 // transaction commits. In exactly_once mode the same transaction advances
 // each partition's next offset in an offsets table, and refuses (ErrFenced)
 // when another process advanced it first.
+//
+// The tables: Bars (a hand-written decoder, the hot path), Options,
+// Fundamentals and News (the built-in kinds; each function documents its
+// JSON format, key and layout), and Mapped, which builds a table from any
+// JSON by paths and column types (the configuration's generic mappings).
+// Tombstones (null values) are skipped, or, with Table.DeleteTombstones,
+// delete the row whose key Table.DecodeKey reads from the Kafka key, in the
+// batch's transaction and in offset order with its upserts. Migrate creates
+// what is missing, with hypertables, compression and the hourly bars
+// aggregate where TimescaleDB is present.
 package sink
 
 import (
@@ -91,6 +101,46 @@ type Table struct {
 	// retain rec or rec.Value (strings must be copies) and must be safe for
 	// concurrent use.
 	Decode func(rec *record.Record, row []any) error
+	// DeleteTombstones makes a record with a null value (a tombstone)
+	// delete the row of its key, which DecodeKey reads from the record's
+	// Kafka key. Needs a Key and a mode that upserts (ModeUpsert, or
+	// ModeExactlyOnce with a Key). False: tombstones are skipped (and
+	// counted).
+	DeleteTombstones bool
+	// DecodeKey fills the key columns of row (one element per column, all
+	// nil on entry) from a record's Kafka key. Required with
+	// DeleteTombstones; the same rules as Decode apply.
+	DecodeKey func(key []byte, row []any) error
+	// Indexes are the table's non-unique indexes, created with it when
+	// missing (CREATE INDEX IF NOT EXISTS).
+	Indexes []Index
+	// Hypertable is how the table is laid out when the timescaledb
+	// extension is present and the table has a TimeColumn.
+	Hypertable Hypertable
+}
+
+// Index is a non-unique index.
+type Index struct {
+	// Columns, in order. Required.
+	Columns []string
+	// Using is the access method: "" (btree) or "gin".
+	Using string
+}
+
+// Hypertable holds the TimescaleDB settings of a table with a TimeColumn.
+// They apply when Migrate creates the table (an existing table is never
+// converted or rewritten) and only where the timescaledb extension is
+// present.
+type Hypertable struct {
+	// ChunkInterval is the time span of one chunk. Zero: 7 days.
+	ChunkInterval time.Duration
+	// CompressAfter turns on compression, segmented by the key columns
+	// other than the time column and ordered by time, with a policy that
+	// compresses chunks older than this. Zero: no compression.
+	CompressAfter time.Duration
+	// HourlyBars adds the continuous aggregate <table>_1h of hourly OHLCV
+	// bars (for tables shaped as Bars) with a refresh policy.
+	HourlyBars bool
 }
 
 // Config says which topics land in which tables.
@@ -133,6 +183,13 @@ type RejectFunc = func(ctx context.Context, rejected []record.Rejected) error
 // Option sets an injected dependency of a Writer.
 type Option func(*Writer)
 
+// WithTombstones sets a function told, after each committed Write, how
+// many tombstones of a topic were applied as deletes (action "deleted") or
+// skipped (action "skipped"): ktsink_tombstones_total. Default: none.
+func WithTombstones(count func(topic, action string, n int)) Option {
+	return func(w *Writer) { w.countTombstones = count }
+}
+
 // WithLogger sets the logger (default: discard). The Writer adds
 // component=sink.
 func WithLogger(l *slog.Logger) Option { return func(w *Writer) { w.log = l } }
@@ -158,6 +215,8 @@ type Writer struct {
 
 	unnestMax int // tests set it to force a path
 
+	countTombstones func(topic, action string, n int)
+
 	timescale atomic.Int32 // tsUnknown, tsAbsent, tsPresent
 	logAbsent sync.Once
 }
@@ -170,8 +229,10 @@ const (
 
 // route is how one topic's records become rows of one target.
 type route struct {
-	t      *target
-	decode func(*record.Record, []any) error
+	t         *target
+	decode    func(*record.Record, []any) error
+	decodeKey func([]byte, []any) error
+	deletes   bool // tombstones delete (else they are skipped)
 }
 
 // target is a destination table with its statements built once.
@@ -192,6 +253,7 @@ type target struct {
 	fromStage   string // INSERT … SELECT FROM staging ON CONFLICT …
 	moveStage   string // the same, emptying the staging table (savepoint bisection)
 	fromUnnest  string // INSERT … SELECT FROM unnest($1::t[], …) ON CONFLICT …
+	deleteKeys  string // DELETE … USING unnest($1::k1[], …) matching the key
 
 	// the sink's own binary COPY encoder (copy.go), when every column's
 	// type is one it knows
@@ -202,6 +264,13 @@ type target struct {
 	copyStage   string // the same into the staging table
 
 	copyFirst copyFirstState // upserts: whether to try a plain COPY first
+
+	// typesDiffer is set by Migrate when an existing table's column types
+	// differ from the definition's (but can take its values): the sink's
+	// own COPY encoder, which encodes by the definition, is then not used.
+	typesDiffer atomic.Bool
+
+	topics []string // that land here, for messages
 }
 
 type offsetsSQL struct {
@@ -287,7 +356,8 @@ func New(db DB, cfg Config, opts ...Option) (*Writer, error) {
 			errs = append(errs, fmt.Errorf("sink: topic %q: table %s is configured differently for another topic", topic, t.name))
 			continue
 		}
-		w.routes[topic] = route{t: t, decode: def.Decode}
+		t.topics = append(t.topics, topic)
+		w.routes[topic] = route{t: t, decode: def.Decode, decodeKey: def.DecodeKey, deletes: def.DeleteTombstones}
 	}
 	if exactlyOnce && cfg.Group == "" {
 		errs = append(errs, errors.New("sink: a consumer group is required for exactly_once tables"))
@@ -350,6 +420,30 @@ func validateTable(t Table) []error {
 	}
 	if t.Decode == nil {
 		errs = append(errs, errors.New("no decoder"))
+	}
+	if t.DeleteTombstones {
+		if len(t.Key) == 0 || t.Mode == ModeInsert {
+			errs = append(errs, errors.New("tombstones can delete only in a table with a key written by upsert or exactly_once"))
+		}
+		if t.DecodeKey == nil {
+			errs = append(errs, errors.New("tombstones delete but there is no key decoder"))
+		}
+	}
+	for _, ix := range t.Indexes {
+		if len(ix.Columns) == 0 {
+			errs = append(errs, errors.New("an index has no columns"))
+		}
+		for _, c := range ix.Columns {
+			if !seen[c] {
+				errs = append(errs, fmt.Errorf("index column %q is not a column", c))
+			}
+		}
+		if ix.Using != "" && ix.Using != "gin" && ix.Using != "btree" {
+			errs = append(errs, fmt.Errorf("index method %q is not btree or gin", ix.Using))
+		}
+	}
+	if t.Hypertable.ChunkInterval < 0 || t.Hypertable.CompressAfter < 0 {
+		errs = append(errs, errors.New("chunk interval and compress-after must not be negative"))
 	}
 	return errs
 }
@@ -440,6 +534,15 @@ func newTarget(def Table) *target {
 	t.fromStage = fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s%s", t.ident, cols, cols, stage, conflict)
 	t.moveStage = fmt.Sprintf("WITH s AS (DELETE FROM %s RETURNING %s) INSERT INTO %s (%s) SELECT %s FROM s%s",
 		stage, cols, t.ident, cols, cols, conflict)
+	if len(def.Key) > 0 {
+		var keyCasts, match []string
+		for i := range def.Key {
+			keyCasts = append(keyCasts, fmt.Sprintf("$%d::%s", i+1, arrayParamType(def.Columns[t.keyIdx[i]].Type)))
+			match = append(match, fmt.Sprintf("t.%s = d.%s", quotedKey[i], quotedKey[i]))
+		}
+		t.deleteKeys = fmt.Sprintf("DELETE FROM %s AS t USING unnest(%s) AS d(%s) WHERE %s",
+			t.ident, strings.Join(keyCasts, ", "), strings.Join(quotedKey, ", "), strings.Join(match, " AND "))
+	}
 	t.fromUnnest = fmt.Sprintf("INSERT INTO %s (%s) SELECT * FROM unnest(%s)%s", t.ident, cols, strings.Join(casts, ", "), conflict)
 	return t
 }
@@ -506,10 +609,15 @@ func (w *Writer) Offsets(ctx context.Context, tps []record.TopicPartition) (map[
 const migrateLock = 0x6b7473696e6b // "ktsink"
 
 // Migrate creates what is missing: schemas, each table (with PRIMARY
-// KEY (key) when it has a key) and the offsets table. It never drops or
-// alters anything; it checks that existing tables have the configured
-// columns and, for upserts, a unique index on the key, and reports every
-// mismatch at once. It may run concurrently in several processes.
+// KEY (key) when it has a key), its indexes and the offsets table; where
+// the timescaledb extension is present, also the hypertable of each table
+// it creates with a TimeColumn, compression and its policy, and the hourly
+// continuous aggregate of bars with its refresh policy. It never drops,
+// alters the columns of, or rewrites an existing table; it checks that
+// existing tables have the configured columns, of types that can take the
+// values, and, for upserts, a unique index on the key, and reports every
+// mismatch at once in a *SchemaError (committing nothing). It may run
+// concurrently in several processes, and any number of times.
 func (w *Writer) Migrate(ctx context.Context) error {
 	tx, err := w.db.Begin(ctx)
 	if err != nil {
@@ -519,7 +627,8 @@ func (w *Writer) Migrate(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrateLock)); err != nil {
 		return fmt.Errorf("migrating: taking migration lock: %w", err)
 	}
-	if _, err := w.detectTimescale(ctx, tx); err != nil {
+	timescale, err := w.detectTimescale(ctx, tx)
+	if err != nil {
 		return fmt.Errorf("migrating: %w", err)
 	}
 	schemas := []string{w.cfg.OffsetsSchema}
@@ -542,6 +651,10 @@ func (w *Writer) Migrate(ctx context.Context) error {
 	}
 	var problems []error
 	for _, t := range w.targets {
+		var existed bool
+		if err := tx.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", t.ident).Scan(&existed); err != nil {
+			return fmt.Errorf("migrating: looking up table %s: %w", t.name, err)
+		}
 		if _, err := tx.Exec(ctx, t.createTable); err != nil {
 			return fmt.Errorf("migrating: creating table %s: %w", t.name, err)
 		}
@@ -550,12 +663,25 @@ func (w *Writer) Migrate(ctx context.Context) error {
 			return fmt.Errorf("migrating: checking table %s: %w", t.name, err)
 		}
 		problems = append(problems, p...)
+		if len(p) > 0 {
+			continue
+		}
+		for _, ix := range t.def.Indexes {
+			if _, err := tx.Exec(ctx, createIndex(t, ix)); err != nil {
+				return fmt.Errorf("migrating: creating index on %s (%s): %w", t.name, strings.Join(ix.Columns, ", "), err)
+			}
+		}
+		if timescale && t.def.TimeColumn != "" {
+			if err := w.migrateHypertable(ctx, tx, t, existed); err != nil {
+				return fmt.Errorf("migrating: table %s: %w", t.name, err)
+			}
+		}
 	}
 	if _, err := tx.Exec(ctx, w.offsets.create); err != nil {
 		return fmt.Errorf("migrating: creating offsets table %s: %w", w.offsets.id.Sanitize(), err)
 	}
-	if err := errors.Join(problems...); err != nil {
-		return fmt.Errorf("migrating: %w", err)
+	if len(problems) > 0 {
+		return fmt.Errorf("migrating: %w", &SchemaError{Problems: problems})
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("migrating: committing: %w", err)
@@ -563,26 +689,63 @@ func (w *Writer) Migrate(ctx context.Context) error {
 	return nil
 }
 
-// checkTable compares an existing table with its definition.
-func checkTable(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
-	rows, err := tx.Query(ctx, "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped", t.ident)
-	if err != nil {
-		return nil, err
+// createIndex is the CREATE INDEX IF NOT EXISTS statement of ix.
+func createIndex(t *target, ix Index) string {
+	quoted := make([]string, len(ix.Columns))
+	for i, c := range ix.Columns {
+		quoted[i] = pgx.Identifier{c}.Sanitize()
 	}
-	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	using := ""
+	if ix.Using != "" {
+		using = " USING " + ix.Using
+	}
+	name := pgx.Identifier{t.def.Name + "_" + strings.Join(ix.Columns, "_") + "_idx"}.Sanitize()
+	return fmt.Sprintf("CREATE INDEX IF NOT EXISTS %s ON %s%s (%s)", name, t.ident, using, strings.Join(quoted, ", "))
+}
+
+// checkTable compares an existing table with its definition: every column
+// present, each of a type that can take the values written to it, and for
+// upserts a unique index on the key. A type that differs but takes the
+// values by an implicit or assignment cast (or any type into a string
+// column) is accepted, and turns the sink's own COPY encoder off.
+func checkTable(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
+	types := make([]string, len(t.def.Columns))
+	for i, c := range t.def.Columns {
+		types[i] = c.Type
+	}
+	rows, err := tx.Query(ctx, `
+SELECT c.name, a.attname IS NOT NULL, coalesce(format_type(a.atttypid, a.atttypmod), ''),
+	coalesce(a.atttypid = c.typ::regtype OR ty.typcategory = 'S' OR EXISTS (
+		SELECT 1 FROM pg_cast k WHERE k.castsource = c.typ::regtype AND k.casttarget = a.atttypid
+			AND k.castcontext IN ('a', 'i')), false),
+	coalesce(a.atttypid = c.typ::regtype, false)
+FROM unnest($2::text[], $3::text[]) AS c(name, typ)
+LEFT JOIN pg_attribute a ON a.attrelid = $1::regclass AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_type ty ON ty.oid = a.atttypid`, t.ident, t.cols, types)
 	if err != nil {
 		return nil, err
 	}
 	var problems []error
-	var missing []string
-	for _, c := range t.cols {
-		if !slices.Contains(have, c) {
-			missing = append(missing, c)
+	where := fmt.Sprintf("topic %s, table %s", strings.Join(t.topics, ", "), t.name)
+	var name, have string
+	var present, fits, same bool
+	differ := false
+	_, err = pgx.ForEachRow(rows, []any{&name, &present, &have, &fits, &same}, func() error {
+		want := t.def.Columns[slices.Index(t.cols, name)].Type
+		switch {
+		case !present:
+			problems = append(problems, fmt.Errorf("%s: column %q is missing (the table exists without it; add it or map another column)", where, name))
+		case !fits:
+			problems = append(problems, fmt.Errorf("%s: column %q is %s, which cannot take %s values", where, name, have, want))
+		case !same:
+			differ = true
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if len(missing) > 0 {
-		problems = append(problems, fmt.Errorf("table %s exists without column(s) %s", t.name, strings.Join(missing, ", ")))
-	}
+	t.typesDiffer.Store(differ)
 	if t.upsert {
 		var ok bool
 		err := tx.QueryRow(ctx, `SELECT EXISTS (
@@ -598,10 +761,103 @@ func checkTable(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
 			return nil, err
 		}
 		if !ok {
-			problems = append(problems, fmt.Errorf("table %s has no unique index on (%s) for ON CONFLICT", t.name, strings.Join(t.def.Key, ", ")))
+			problems = append(problems, fmt.Errorf("%s: no unique index on (%s) for ON CONFLICT", where, strings.Join(t.def.Key, ", ")))
 		}
 	}
 	return problems, nil
+}
+
+// migrateHypertable makes a table the connector just created a hypertable
+// with compression (segmented by the key columns but time, ordered by time
+// descending) and a compression policy, and, for bars, adds the hourly
+// continuous aggregate with its refresh policy; each step is skipped when
+// done already, so Migrate may run any number of times. A table that
+// existed as a plain table is left alone (converting it would rewrite it),
+// and so are the compression settings of an existing hypertable.
+func (w *Writer) migrateHypertable(ctx context.Context, tx pgx.Tx, t *target, existed bool) error {
+	h := t.def.Hypertable
+	var isHyper, compressed bool
+	err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(compression_enabled), false)
+FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypertable_name = $2`,
+		t.def.Schema, t.def.Name).Scan(&isHyper, &compressed)
+	if err != nil {
+		return fmt.Errorf("looking up hypertable: %w", err)
+	}
+	if !isHyper {
+		if existed {
+			w.log.Warn("table exists as a plain table: not converted to a hypertable", "table", t.name)
+			return nil
+		}
+		chunk := h.ChunkInterval
+		if chunk <= 0 {
+			chunk = 7 * 24 * time.Hour
+		}
+		_, err := tx.Exec(ctx, "SELECT create_hypertable($1::regclass, by_range($2::name, $3::interval), if_not_exists => true)",
+			t.ident, t.def.TimeColumn, chunk)
+		if err != nil {
+			return fmt.Errorf("creating hypertable: %w", err)
+		}
+		w.log.Info("created hypertable", "table", t.name, "time_column", t.def.TimeColumn, "chunk_interval", chunk.String())
+	}
+	if h.CompressAfter > 0 && existed && !compressed {
+		w.log.Info("hypertable exists without compression: left so", "table", t.name)
+	} else if h.CompressAfter > 0 {
+		if !compressed {
+			var segment []string
+			for _, k := range t.def.Key {
+				if k != t.def.TimeColumn {
+					segment = append(segment, pgx.Identifier{k}.Sanitize())
+				}
+			}
+			set := "timescaledb.compress, timescaledb.compress_orderby = " +
+				quoteLiteral(pgx.Identifier{t.def.TimeColumn}.Sanitize()+" DESC")
+			if len(segment) > 0 {
+				set += ", timescaledb.compress_segmentby = " + quoteLiteral(strings.Join(segment, ", "))
+			}
+			if _, err := tx.Exec(ctx, "ALTER TABLE "+t.ident+" SET ("+set+")"); err != nil {
+				return fmt.Errorf("enabling compression: %w", err)
+			}
+		}
+		_, err := tx.Exec(ctx, "SELECT add_compression_policy($1::regclass, compress_after => $2::interval, if_not_exists => true)",
+			t.ident, h.CompressAfter)
+		if err != nil {
+			return fmt.Errorf("adding compression policy: %w", err)
+		}
+	}
+	if h.HourlyBars {
+		view := pgx.Identifier{t.def.Schema, t.def.Name + "_1h"}
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", view.Sanitize()).Scan(&exists); err != nil {
+			return fmt.Errorf("looking up continuous aggregate %s: %w", view.Sanitize(), err)
+		}
+		if !exists {
+			// WITH NO DATA: WITH DATA cannot run inside a transaction
+			// block; the refresh policy fills it
+			_, err := tx.Exec(ctx, fmt.Sprintf(`CREATE MATERIALIZED VIEW %s
+WITH (timescaledb.continuous) AS
+SELECT symbol, time_bucket(INTERVAL '1 hour', ts) AS bucket,
+	first(open, ts) AS open, max(high) AS high, min(low) AS low, last(close, ts) AS close,
+	sum(volume) AS volume, count(*) AS bars
+FROM %s
+GROUP BY symbol, time_bucket(INTERVAL '1 hour', ts)
+WITH NO DATA`, view.Sanitize(), t.ident))
+			if err != nil {
+				return fmt.Errorf("creating continuous aggregate %s: %w", view.Sanitize(), err)
+			}
+		}
+		_, err := tx.Exec(ctx, `SELECT add_continuous_aggregate_policy($1::regclass,
+	start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
+	schedule_interval => INTERVAL '30 minutes', if_not_exists => true)`, view.Sanitize())
+		if err != nil {
+			return fmt.Errorf("adding refresh policy of %s: %w", view.Sanitize(), err)
+		}
+	}
+	return nil
+}
+
+// quoteLiteral quotes s as an SQL string literal.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
 // detectTimescale says whether the timescaledb extension is installed,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,17 +19,23 @@ import (
 // plan is a decoded batch: rows grouped by target, and the records that
 // could not be decoded.
 type plan struct {
-	groups     []*group // in w.targets order
-	rejected   []record.Rejected
-	tombstones int
-	spans      []record.Span // of exactly_once topics
+	groups   []*group // in w.targets order
+	rejected []record.Rejected
+	skipped  map[string]int // tombstones skipped, by topic
+	deleted  map[string]int // tombstones applied as deletes, by topic
+	spans    []record.Span  // of exactly_once topics
 }
 
 // group is the rows of one batch for one target; recs[i] produced rows[i].
+// While decoding, del[i] marks a tombstone's key row; after collapsing,
+// those rows are moved to delRows (and delRecs): keys to delete.
 type group struct {
-	t    *target
-	rows [][]any
-	recs []*record.Record
+	t       *target
+	rows    [][]any
+	recs    []*record.Record
+	del     []bool
+	delRows [][]any
+	delRecs []*record.Record
 }
 
 // errIsolate ends an attempt that met a data error without savepoints: the
@@ -38,10 +45,13 @@ var errIsolate = errors.New("data error: isolating rows")
 // Write lands b in one transaction and returns nil once it is committed.
 // It is safe for concurrent use; each call takes its own connection.
 //
-// Tombstones (nil values) are skipped. For an upserted table only the last
-// record of each key is written (the earlier ones are older versions of the
-// same row; if the database refuses the last, it is rejected and the
-// earlier ones are not written either). Records that do not decode, and rows
+// Tombstones (nil values) are skipped, or, for tables with
+// DeleteTombstones, delete the row of their key in the same transaction.
+// For an upserted table only the last record of each key is written (the
+// earlier ones are older versions of the same row; if the database refuses
+// the last, it is rejected and the earlier ones are not written either): a
+// tombstone after an upsert of its key deletes the row, an upsert after a
+// tombstone writes it again. Records that do not decode, and rows
 // the database refuses for data reasons (isolated by bisection under
 // savepoints), are passed to reject in one call before the commit; if
 // reject fails the transaction is rolled back and its error returned
@@ -56,9 +66,6 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 	if err != nil {
 		return fmt.Errorf("writing batch %d: %w", b.ID, err)
 	}
-	if p.tombstones > 0 {
-		w.log.Debug("skipped tombstones", "batch", b.ID, "count", p.tombstones)
-	}
 	if len(p.groups) == 0 && len(p.spans) == 0 {
 		// nothing for the database: only dead letters, if any
 		if len(p.rejected) > 0 {
@@ -66,13 +73,32 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 				return fmt.Errorf("writing batch %d: %w", b.ID, err)
 			}
 		}
+		w.tombstonesDone(b, p)
 		return nil
 	}
 	err = w.attempt(ctx, b, p, reject, false)
 	if errors.Is(err, errIsolate) {
 		err = w.attempt(ctx, b, p, reject, true)
 	}
+	if err == nil {
+		w.tombstonesDone(b, p)
+	}
 	return err
+}
+
+// tombstonesDone counts the tombstones of a written batch.
+func (w *Writer) tombstonesDone(b *record.Batch, p *plan) {
+	for topic, n := range p.skipped {
+		w.log.Debug("skipped tombstones", "batch", b.ID, "topic", topic, "count", n)
+		if w.countTombstones != nil {
+			w.countTombstones(topic, "skipped", n)
+		}
+	}
+	for topic, n := range p.deleted {
+		if w.countTombstones != nil {
+			w.countTombstones(topic, "deleted", n)
+		}
+	}
 }
 
 // decode turns the batch's records into rows grouped by target, collapsing
@@ -85,7 +111,7 @@ func (w *Writer) decode(b *record.Batch) (*plan, error) {
 		if !ok {
 			return nil, fmt.Errorf("record %s: no table for topic %q", r, r.Topic)
 		}
-		if r.Value != nil {
+		if r.Value != nil || rt.deletes {
 			counts[rt.t]++
 		}
 	}
@@ -101,7 +127,7 @@ func (w *Writer) decode(b *record.Batch) (*plan, error) {
 	groups := make(map[*target]*group, len(counts))
 	for _, t := range w.targets {
 		if n := counts[t]; n > 0 {
-			g := &group{t: t, rows: make([][]any, 0, n), recs: make([]*record.Record, 0, n)}
+			g := &group{t: t, rows: make([][]any, 0, n), recs: make([]*record.Record, 0, n), del: make([]bool, 0, n)}
 			groups[t] = g
 			p.groups = append(p.groups, g)
 		}
@@ -112,32 +138,54 @@ func (w *Writer) decode(b *record.Batch) (*plan, error) {
 		backing[t] = make([]any, cap(g.rows)*len(t.cols))
 	}
 	for _, r := range b.Records {
-		if r.Value == nil {
-			p.tombstones++
+		rt := w.routes[r.Topic]
+		tombstone := r.Value == nil
+		if tombstone && !rt.deletes {
+			if p.skipped == nil {
+				p.skipped = map[string]int{}
+			}
+			p.skipped[r.Topic]++
 			continue
 		}
-		rt := w.routes[r.Topic]
 		g := groups[rt.t]
 		n := len(rt.t.cols)
 		off := len(g.rows) * n
 		row := backing[rt.t][off : off+n : off+n]
-		if err := rt.decode(r, row); err != nil {
+		var err error
+		if tombstone {
+			err = rt.decodeKey(r.Key, row)
+		} else {
+			err = rt.decode(r, row)
+		}
+		if err != nil {
 			clear(row)
+			what := "decoding"
+			if tombstone {
+				what = "decoding the key of tombstone"
+			}
 			p.rejected = append(p.rejected, record.Rejected{
 				Record: r, Class: record.ClassDecode,
-				Err: fmt.Errorf("decoding %s for table %s: %w", r, rt.t.name, err),
+				Err: fmt.Errorf("%s %s for table %s: %w", what, r, rt.t.name, err),
 			})
 			continue
 		}
+		if tombstone {
+			if p.deleted == nil {
+				p.deleted = map[string]int{}
+			}
+			p.deleted[r.Topic]++
+		}
 		g.rows = append(g.rows, row)
 		g.recs = append(g.recs, r)
+		g.del = append(g.del, tombstone)
 	}
 	kept := p.groups[:0]
 	for _, g := range p.groups {
 		if g.t.upsert {
 			g.collapse()
 		}
-		if len(g.rows) > 0 {
+		g.splitDeletes()
+		if len(g.rows) > 0 || len(g.delRows) > 0 {
 			kept = append(kept, g)
 		}
 	}
@@ -170,13 +218,35 @@ func (g *group) collapse() {
 	n := 0
 	for i := range g.rows {
 		if keep[i] {
-			g.rows[n], g.recs[n] = g.rows[i], g.recs[i]
+			g.rows[n], g.recs[n], g.del[n] = g.rows[i], g.recs[i], g.del[i]
 			n++
 		}
 	}
 	clear(g.rows[n:])
 	clear(g.recs[n:])
-	g.rows, g.recs = g.rows[:n], g.recs[:n]
+	g.rows, g.recs, g.del = g.rows[:n], g.recs[:n], g.del[:n]
+}
+
+// splitDeletes moves the tombstones' key rows to delRows. After collapse
+// every key appears once, so deleting before upserting keeps offset order.
+func (g *group) splitDeletes() {
+	if !slices.Contains(g.del, true) {
+		g.del = nil
+		return
+	}
+	n := 0
+	for i := range g.rows {
+		if g.del[i] {
+			g.delRows = append(g.delRows, g.rows[i])
+			g.delRecs = append(g.delRecs, g.recs[i])
+			continue
+		}
+		g.rows[n], g.recs[n] = g.rows[i], g.recs[i]
+		n++
+	}
+	clear(g.rows[n:])
+	clear(g.recs[n:])
+	g.rows, g.recs, g.del = g.rows[:n], g.recs[:n], nil
 }
 
 // appendKey appends an encoding of v under which two values are equal when
@@ -290,11 +360,18 @@ func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject R
 	rejected := append([]record.Rejected(nil), p.rejected...)
 	for _, g := range p.groups {
 		rows, recs := g.rows, g.recs
+		delRows := g.delRows
 		if len(skip) > 0 {
 			rows, recs = without(skip, rows, recs)
-			if len(rows) == 0 {
-				continue
+			delRows, _ = without(skip, delRows, g.delRecs)
+		}
+		if len(delRows) > 0 {
+			if err := deleteKeys(ctx, tx, g.t, delRows); err != nil {
+				return fmt.Errorf("writing batch %d to table %s: deleting %d keys: %w", b.ID, g.t.name, len(delRows), err)
 			}
+		}
+		if len(rows) == 0 {
+			continue
 		}
 		if isolate {
 			err = w.isolate(ctx, tx, g.t, rows, recs, &rejected)
@@ -470,6 +547,16 @@ func (w *Writer) isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any
 		return err
 	}
 	return w.isolate(ctx, tx, t, rows[mid:], recs[mid:], rejected)
+}
+
+// deleteKeys deletes the rows whose keys are the key columns of rows.
+func deleteKeys(ctx context.Context, tx pgx.Tx, t *target, rows [][]any) error {
+	args := make([]any, len(t.keyIdx))
+	for i, c := range t.keyIdx {
+		args[i] = columnArg(rows, c)
+	}
+	_, err := tx.Exec(ctx, t.deleteKeys, args...)
+	return err
 }
 
 // land writes rows to t by the fastest way: for an upsert, a plain COPY

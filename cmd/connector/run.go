@@ -60,6 +60,9 @@ func cmdConfigCheck(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if _, err := tablesFor(cfg); err != nil {
+		return err
+	}
 	return cfg.Print(stdout)
 }
 
@@ -99,7 +102,7 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return w.Migrate(ctx)
+	return migrate(ctx, w)
 }
 
 func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
@@ -132,28 +135,88 @@ func redactErr(err error, url string) error {
 	return errors.New(config.RedactURL(err.Error()))
 }
 
-func newSink(pool *pgxpool.Pool, cfg config.Config, log *slog.Logger) (*sink.Writer, error) {
+// tablesFor builds the sink's table of every configured topic, reporting
+// every problem (such as a column type a mapping cannot fill) at once as a
+// usage error.
+func tablesFor(cfg config.Config) (map[string]sink.Table, error) {
 	tables := map[string]sink.Table{}
-	for _, t := range cfg.Topics {
+	var errs []error
+	for i, t := range cfg.Topics {
 		var tab sink.Table
 		switch t.Kind {
 		case "bars":
 			tab = sink.Bars(cfg.Postgres.Schema, t.Table)
+		case "options":
+			tab = sink.Options(cfg.Postgres.Schema, t.Table)
+		case "fundamentals":
+			tab = sink.Fundamentals(cfg.Postgres.Schema, t.Table)
+		case "news":
+			tab = sink.News(cfg.Postgres.Schema, t.Table)
+		case "":
+			fields := make([]sink.Field, len(t.Columns))
+			for j, c := range t.Columns {
+				fields[j] = sink.Field{Column: c.Name, Type: c.Type, Path: c.Path, TimeFormat: c.TimeFormat, Required: c.Required}
+			}
+			var err error
+			tab, err = sink.Mapped(cfg.Postgres.Schema, t.Table, sink.Mapping{
+				Fields: fields, Key: t.Key, TimeColumn: t.TimeColumn, Mode: sink.Mode(t.Mode),
+			})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("topics[%d] (topic %s, table %s): %w", i, t.Name, t.Table, err))
+				continue
+			}
 		default:
-			return nil, &usageError{fmt.Errorf("topic %s: unknown kind %q", t.Name, t.Kind)}
+			errs = append(errs, fmt.Errorf("topics[%d] (topic %s): unknown kind %q", i, t.Name, t.Kind))
+			continue
 		}
 		tab.Mode = sink.Mode(t.Mode)
 		if t.AppendOnly {
 			tab.Key = nil // no unique key: every record is a new row
 		}
+		tab.DeleteTombstones = t.Tombstones == config.TombstonesDelete
+		if t.ChunkInterval > 0 {
+			tab.Hypertable.ChunkInterval = time.Duration(t.ChunkInterval)
+		}
+		switch {
+		case t.CompressAfter > 0:
+			tab.Hypertable.CompressAfter = time.Duration(t.CompressAfter)
+		case t.CompressAfter < 0:
+			tab.Hypertable.CompressAfter = 0
+		}
 		tables[t.Name] = tab
 	}
-	return sink.New(pool, sink.Config{
+	if err := errors.Join(errs...); err != nil {
+		return nil, &usageError{fmt.Errorf("invalid configuration:\n%w", err)}
+	}
+	return tables, nil
+}
+
+func newSink(pool *pgxpool.Pool, cfg config.Config, log *slog.Logger, opts ...sink.Option) (*sink.Writer, error) {
+	tables, err := tablesFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	w, err := sink.New(pool, sink.Config{
 		Tables: tables, Group: cfg.Kafka.Group,
 		OffsetsSchema:    cfg.Postgres.Schema,
 		OffsetsTable:     cfg.Postgres.OffsetsTable,
 		StatementTimeout: time.Duration(cfg.Postgres.StatementTimeout),
-	}, sink.WithLogger(log))
+	}, append([]sink.Option{sink.WithLogger(log)}, opts...)...)
+	if err != nil {
+		return nil, &usageError{fmt.Errorf("invalid configuration:\n%w", err)}
+	}
+	return w, nil
+}
+
+// migrate creates what is missing; a table that does not fit its mapping
+// is a configuration problem (exit status 2).
+func migrate(ctx context.Context, w *sink.Writer) error {
+	err := w.Migrate(ctx)
+	var se *sink.SchemaError
+	if errors.As(err, &se) {
+		return &usageError{err}
+	}
+	return err
 }
 
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
@@ -177,11 +240,13 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 		return err
 	}
 	defer pool.Close()
-	sw, err := newSink(pool, cfg, log)
+	sw, err := newSink(pool, cfg, log, sink.WithTombstones(func(topic, action string, n int) {
+		m.Tombstones.WithLabelValues(topic, action).Add(float64(n))
+	}))
 	if err != nil {
 		return err
 	}
-	if err := sw.Migrate(ctx); err != nil {
+	if err := migrate(ctx, sw); err != nil {
 		return fmt.Errorf("creating tables: %w", err)
 	}
 

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -52,12 +54,12 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := flag.NewFlagSet("connector loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers, comma-separated")
-	topic := fs.String("topic", "bars", "topic to produce to")
-	kind := fs.String("kind", "bars", "record kind: bars")
-	count := fs.Int64("n", 100000, "records to produce; 0 for no limit")
+	kind := fs.String("kind", "bars", "record kind: bars, options, fundamentals, news, or all (each to the topic of its name)")
+	topic := fs.String("topic", "", "topic to produce to (default: the kind's name; with -kind all, a prefix for each kind's name)")
+	count := fs.Int64("n", 100000, "records to produce, of each kind; 0 for no limit")
 	dur := fs.Duration("duration", 0, "stop after this long; 0 for no limit")
-	rate := fs.Float64("rate", 0, "records per second; 0 for as fast as possible")
-	symbols := fs.Int("symbols", 500, "distinct symbols")
+	rate := fs.Float64("rate", 0, "records per second, of each kind; 0 for as fast as possible")
+	symbols := fs.Int("symbols", 500, "distinct symbols (underlyings for options)")
 	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same records")
 	updates := fs.Float64("updates", 0, "share of records that update an earlier key, 0 to 1")
 	if err := fs.Parse(args); err != nil {
@@ -67,8 +69,17 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *brokers == "" {
 		problems = append(problems, "-brokers: required (or KAFKA_BROKERS)")
 	}
-	if *kind != "bars" {
-		problems = append(problems, fmt.Sprintf("-kind: %q is not a kind loadgen makes (bars)", *kind))
+	kinds := []string{*kind}
+	if *kind == "all" {
+		kinds = loadgen.Kinds
+	}
+	gens := make([]loadgen.Generator, len(kinds))
+	for i, k := range kinds {
+		g, err := loadgen.NewGenerator(k, *seed, *symbols, *updates)
+		if err != nil {
+			problems = append(problems, "-kind: "+err.Error())
+		}
+		gens[i] = g
 	}
 	if *updates < 0 || *updates > 1 {
 		problems = append(problems, "-updates: must be between 0 and 1")
@@ -83,13 +94,38 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer cl.Close()
 	start := time.Now()
-	n, err := loadgen.ProduceBars(ctx, cl, loadgen.NewBars(*seed, *symbols, *updates), loadgen.Options{
-		Topic: *topic, Count: *count, Duration: *dur, Rate: *rate,
-		Progress: func(sent int64) {
-			fmt.Fprintf(stderr, "loadgen: %d records, %.0f/s\n", sent, float64(sent)/time.Since(start).Seconds())
-		},
-	})
-	el := time.Since(start)
-	fmt.Fprintf(stdout, "produced %d %s records to %s in %s (%.0f records/s)\n", n, *kind, *topic, el.Round(time.Millisecond), float64(n)/el.Seconds())
-	return err
+	type result struct {
+		kind, topic string
+		n           int64
+		took        time.Duration
+		err         error
+	}
+	results := make([]result, len(kinds))
+	var wg sync.WaitGroup
+	for i, k := range kinds {
+		to := k
+		switch {
+		case *kind == "all":
+			to = *topic + k
+		case *topic != "":
+			to = *topic
+		}
+		wg.Go(func() {
+			n, err := loadgen.Produce(ctx, cl, gens[i], loadgen.Options{
+				Topic: to, Count: *count, Duration: *dur, Rate: *rate,
+				Progress: func(sent int64) {
+					fmt.Fprintf(stderr, "loadgen: %s: %d records, %.0f/s\n", to, sent, float64(sent)/time.Since(start).Seconds())
+				},
+			})
+			results[i] = result{k, to, n, time.Since(start), err}
+		})
+	}
+	wg.Wait()
+	var errs []error
+	for _, r := range results {
+		fmt.Fprintf(stdout, "produced %d %s records to %s in %s (%.0f records/s)\n",
+			r.n, r.kind, r.topic, r.took.Round(time.Millisecond), float64(r.n)/r.took.Seconds())
+		errs = append(errs, r.err)
+	}
+	return errors.Join(errs...)
 }

@@ -1,9 +1,11 @@
 // Command ktsink-demo shows the connector at work on local services: it
-// creates a topic, starts the connector (bin/connector) on it, produces
-// generated bars, prints live progress (rows/s, lag, queue depth) from the
-// connector's /status and /metrics, stops the connector with SIGTERM once
-// every record is committed, and ends with a summary whose row counts are
-// read back from the database. `make demo` runs it with the services up.
+// creates a topic for each built-in kind (bars, options, fundamentals,
+// news), starts the connector (bin/connector) on them, produces generated
+// market data of every kind, prints live progress (rows/s, lag, queue
+// depth) from the connector's /status and /metrics, stops the connector
+// with SIGTERM once every record is committed, and ends with a summary
+// whose row counts, table by table, are read back from the database.
+// `make demo` runs it with the services up.
 package main
 
 import (
@@ -30,9 +32,9 @@ import (
 )
 
 func main() {
-	n := flag.Int64("n", 200_000, "bars to produce")
-	rate := flag.Float64("rate", 50_000, "records per second; 0 for as fast as possible")
-	partitions := flag.Int("partitions", 8, "partitions of the demo topic")
+	n := flag.Int64("n", 200_000, "records to produce of each kind")
+	rate := flag.Float64("rate", 50_000, "records per second, all kinds together; 0 for as fast as possible")
+	partitions := flag.Int("partitions", 8, "partitions of each demo topic")
 	bin := flag.String("connector", "bin/connector", "connector binary")
 	addr := flag.String("metrics-addr", "127.0.0.1:9400", "where the connector serves /metrics and /status")
 	flag.Parse()
@@ -49,7 +51,12 @@ func run(n int64, rate float64, partitions int32, bin, addr string, out io.Write
 	}
 	ctx := context.Background()
 	stamp := time.Now().UTC().Format("20060102t150405")
-	topic, schema, group := "demo.bars."+stamp, "ktsink_demo_"+stamp, "ktsink-demo-"+stamp
+	schema, group := "ktsink_demo_"+stamp, "ktsink-demo-"+stamp
+	kinds := loadgen.Kinds
+	topics := make([]string, len(kinds))
+	for i, k := range kinds {
+		topics[i] = "demo." + k + "." + stamp
+	}
 
 	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...), kgo.ProducerLinger(5*time.Millisecond))
 	if err != nil {
@@ -57,12 +64,12 @@ func run(n int64, rate float64, partitions int32, bin, addr string, out io.Write
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	resp, err := adm.CreateTopic(ctx, partitions, 1, nil, topic)
+	resps, err := adm.CreateTopics(ctx, partitions, 1, nil, topics...)
 	if err == nil {
-		err = resp.Err
+		err = resps.Error()
 	}
 	if err != nil {
-		return fmt.Errorf("creating topic %s: %w", topic, err)
+		return fmt.Errorf("creating topics %s: %w", strings.Join(topics, ", "), err)
 	}
 	db, err := pgx.Connect(ctx, dsn)
 	if err != nil {
@@ -72,7 +79,8 @@ func run(n int64, rate float64, partitions int32, bin, addr string, out io.Write
 	if _, err := db.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "demo: topic %s (%d partitions), table %s.bars, %d bars at %s\n", topic, partitions, schema, n, rateText(rate))
+	fmt.Fprintf(out, "demo: topics %s (%d partitions each), tables in schema %s, %d records of each kind at %s\n",
+		strings.Join(topics, ", "), partitions, schema, n, rateText(rate))
 
 	dir, err := os.MkdirTemp("", "ktsink-demo")
 	if err != nil {
@@ -92,10 +100,10 @@ dlq:
 metrics:
   addr: %s
 topics:
-  - name: %s
-    kind: bars
-    table: bars
-`, group, schema, filepath.Join(dir, "demo.wal"), filepath.Join(dir, "dlq.ndjson"), addr, topic)
+`, group, schema, filepath.Join(dir, "demo.wal"), filepath.Join(dir, "dlq.ndjson"), addr)
+	for i, k := range kinds {
+		cfg += fmt.Sprintf("  - name: %s\n    kind: %s\n    table: %s\n", topics[i], k, k)
+	}
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return err
 	}
@@ -117,8 +125,22 @@ topics:
 	produced := make(chan error, 1)
 	start := time.Now()
 	go func() {
-		_, err := loadgen.ProduceBars(ctx, cl, loadgen.NewBars(uint64(start.UnixNano()), 500, 0), loadgen.Options{Topic: topic, Count: n, Rate: rate})
-		produced <- err
+		// every record a new key: each table ends with n rows
+		errs := make(chan error, len(kinds))
+		for i, k := range kinds {
+			go func() {
+				g, err := loadgen.NewGenerator(k, uint64(start.UnixNano())+uint64(i), 100, 0)
+				if err == nil {
+					_, err = loadgen.Produce(ctx, cl, g, loadgen.Options{Topic: topics[i], Count: n, Rate: rate / float64(len(kinds))})
+				}
+				errs <- err
+			}()
+		}
+		var all []error
+		for range kinds {
+			all = append(all, <-errs)
+		}
+		produced <- errors.Join(all...)
 	}()
 
 	var lastWritten float64
@@ -153,7 +175,7 @@ topics:
 			time.Since(start).Seconds(), written, perSec, metric(m, "ktsink_consumer_lag_records"),
 			st.QueueSize, st.QueueCapacity, st.CircuitState, metric(m, "ktsink_fetch_paused") == 1)
 		if !producing {
-			if done, _ := caughtUp(ctx, adm, topic, group); done {
+			if done, _ := caughtUp(ctx, adm, topics, group); done {
 				break
 			}
 		}
@@ -170,19 +192,32 @@ topics:
 		return fmt.Errorf("connector did not stop within 60s of SIGTERM; see %s", logPath)
 	}
 
-	var rows, symbols int64
+	fmt.Fprintf(out, "\nsummary (read back from PostgreSQL, schema %s):\n", schema)
+	var total int64
+	var short []string
+	for _, k := range kinds {
+		var rows int64
+		if err := db.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, k}.Sanitize()).Scan(&rows); err != nil {
+			return fmt.Errorf("reading the summary back: %w", err)
+		}
+		total += rows
+		fmt.Fprintf(out, "  %-13s %d rows\n", k, rows)
+		if rows != n {
+			short = append(short, fmt.Sprintf("%s holds %d rows, %d were produced", k, rows, n))
+		}
+	}
+	var symbols int64
 	var first, last time.Time
-	if err := db.QueryRow(ctx, "SELECT count(*), count(DISTINCT symbol), min(ts), max(ts) FROM "+pgx.Identifier{schema, "bars"}.Sanitize()).
-		Scan(&rows, &symbols, &first, &last); err != nil {
+	if err := db.QueryRow(ctx, "SELECT count(DISTINCT symbol), min(ts), max(ts) FROM "+pgx.Identifier{schema, "bars"}.Sanitize()).
+		Scan(&symbols, &first, &last); err != nil {
 		return fmt.Errorf("reading the summary back: %w", err)
 	}
-	fmt.Fprintf(out, "\nsummary (read back from PostgreSQL, table %s.bars):\n", schema)
-	fmt.Fprintf(out, "  rows      %d\n  symbols   %d\n  bars from %s to %s\n", rows, symbols, first.Format(time.RFC3339), last.Format(time.RFC3339))
-	fmt.Fprintf(out, "  produced  %d in %s (%.0f rows/s end to end)\n", n, elapsed.Round(100*time.Millisecond), float64(rows)/elapsed.Seconds())
-	if rows != n {
-		return fmt.Errorf("table holds %d rows, %d were produced", rows, n)
+	fmt.Fprintf(out, "  bars of %d symbols from %s to %s\n", symbols, first.Format(time.RFC3339), last.Format(time.RFC3339))
+	fmt.Fprintf(out, "  produced  %d in %s (%.0f rows/s end to end)\n", n*int64(len(kinds)), elapsed.Round(100*time.Millisecond), float64(total)/elapsed.Seconds())
+	if len(short) > 0 {
+		return errors.New(strings.Join(short, "; "))
 	}
-	fmt.Fprintf(out, "  result    OK: every produced bar is in the table, offsets committed to the end\n")
+	fmt.Fprintf(out, "  result    OK: every produced record is in its table, offsets committed to the end\n")
 	return nil
 }
 
@@ -243,8 +278,8 @@ func metric(exposition, name string) float64 {
 	return sum
 }
 
-func caughtUp(ctx context.Context, adm *kadm.Client, topic, group string) (bool, error) {
-	ends, err := adm.ListEndOffsets(ctx, topic)
+func caughtUp(ctx context.Context, adm *kadm.Client, topics []string, group string) (bool, error) {
+	ends, err := adm.ListEndOffsets(ctx, topics...)
 	if err != nil {
 		return false, err
 	}
@@ -255,7 +290,7 @@ func caughtUp(ctx context.Context, adm *kadm.Client, topic, group string) (bool,
 	done := true
 	ends.Each(func(lo kadm.ListedOffset) {
 		c, ok := com.Lookup(lo.Topic, lo.Partition)
-		if !ok || c.At < lo.Offset {
+		if (!ok && lo.Offset > 0) || (ok && c.At < lo.Offset) {
 			done = false
 		}
 	})
