@@ -410,7 +410,9 @@ func TestEndToEndMappingMisfitFailsAtStart(t *testing.T) {
 // with the upserts around it; on a topic whose tombstones are skipped they
 // change nothing. Both are counted in ktsink_tombstones_total.
 func TestEndToEndTombstones(t *testing.T) {
-	e := newEnv(t, 2)
+	// one partition: the keys "n-3" and `"n-3"` name the same row but hash
+	// to different partitions, and only one partition is in offset order
+	e := newEnv(t, 1)
 	barsTopic := testenv.NewTopic(t, e.brokers, 2)
 	ctx := context.Background()
 	produce := func(topic, key string, value []byte) {
