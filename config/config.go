@@ -485,11 +485,17 @@ func (k *Kafka) checkSecurity(bad func(setting, format string, args ...any)) {
 			}
 		}
 	} else if _, err := t.Config(); err != nil {
-		var te *tlsFileError
-		if errors.As(err, &te) {
-			bad("kafka.tls."+te.setting, "%v", te.err)
-		} else {
-			bad("kafka.tls", "%v", err)
+		each := []error{err}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			each = j.Unwrap()
+		}
+		for _, e := range each {
+			var te *tlsFileError
+			if errors.As(e, &te) {
+				bad("kafka.tls."+te.setting, "%v", te.err)
+			} else {
+				bad("kafka.tls", "%v", e)
+			}
 		}
 	}
 
@@ -525,8 +531,8 @@ func (e *tlsFileError) Error() string { return "kafka.tls." + e.setting + ": " +
 func (e *tlsFileError) Unwrap() error { return e.err }
 
 // Config builds the TLS configuration for the Kafka clients: nil when TLS
-// is off. It reads the CA, certificate and key files; the error names the
-// setting of a file that cannot be used.
+// is off. It reads the CA, certificate and key files; the error joins one
+// error per file that cannot be used, each naming its setting.
 func (t KafkaTLS) Config() (*tls.Config, error) {
 	if !t.Enabled {
 		return nil, nil
@@ -536,33 +542,44 @@ func (t KafkaTLS) Config() (*tls.Config, error) {
 		ServerName:         t.ServerName,
 		InsecureSkipVerify: t.InsecureSkipVerify,
 	}
+	var errs []error
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, &tlsFileError{"ca_file", err}
-		}
 		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, &tlsFileError{"ca_file", fmt.Errorf("%s holds no PEM certificate", t.CAFile)}
+		switch {
+		case err != nil:
+			errs = append(errs, &tlsFileError{"ca_file", err})
+		case !pool.AppendCertsFromPEM(pem):
+			errs = append(errs, &tlsFileError{"ca_file", fmt.Errorf("%s holds no PEM certificate", t.CAFile)})
+		default:
+			c.RootCAs = pool
 		}
-		c.RootCAs = pool
 	}
 	switch {
 	case t.CertFile != "" && t.KeyFile == "":
-		return nil, &tlsFileError{"key_file", errors.New("required with kafka.tls.cert_file")}
+		errs = append(errs, &tlsFileError{"key_file", errors.New("required with kafka.tls.cert_file")})
 	case t.CertFile == "" && t.KeyFile != "":
-		return nil, &tlsFileError{"cert_file", errors.New("required with kafka.tls.key_file")}
+		errs = append(errs, &tlsFileError{"cert_file", errors.New("required with kafka.tls.key_file")})
 	case t.CertFile != "":
+		missing := false
 		for _, f := range []struct{ setting, path string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
 			if _, err := os.Stat(f.path); err != nil {
-				return nil, &tlsFileError{f.setting, err}
+				errs = append(errs, &tlsFileError{f.setting, err})
+				missing = true
 			}
+		}
+		if missing {
+			break
 		}
 		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, &tlsFileError{"cert_file", fmt.Errorf("%s with key %s: %w", t.CertFile, t.KeyFile, err)}
+			errs = append(errs, &tlsFileError{"cert_file", fmt.Errorf("%s with key %s: %w", t.CertFile, t.KeyFile, err)})
+		} else {
+			c.Certificates = []tls.Certificate{pair}
 		}
-		c.Certificates = []tls.Certificate{pair}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return c, nil
 }

@@ -259,6 +259,8 @@ func TestKafkaSecurityProblemsAreListed(t *testing.T) {
 		{name: "cert without key", tls: KafkaTLS{Enabled: true, CertFile: cert}, want: []string{"kafka.tls.key_file"}},
 		{name: "key without cert", tls: KafkaTLS{Enabled: true, KeyFile: key}, want: []string{"kafka.tls.cert_file"}},
 		{name: "key that is no key", tls: KafkaTLS{Enabled: true, CertFile: cert, KeyFile: notPEM}, want: []string{"kafka.tls.cert_file"}},
+		{name: "every missing file", tls: KafkaTLS{Enabled: true, CAFile: missing, CertFile: missing + ".crt", KeyFile: missing + ".key"},
+			want: []string{"kafka.tls.ca_file", "kafka.tls.cert_file", "kafka.tls.key_file"}},
 		{name: "tls settings while off", tls: KafkaTLS{CAFile: ca.CertFile, InsecureSkipVerify: true},
 			want: []string{"kafka.tls.ca_file", "kafka.tls.insecure_skip_verify", "kafka.tls.enabled is false"}},
 		{name: "unknown mechanism", sasl: KafkaSASL{Mechanism: "GSSAPI", Username: "u", Password: "hunter2"}, want: []string{"kafka.sasl.mechanism", "GSSAPI"}},
