@@ -1,16 +1,21 @@
 // Package config holds the connector's settings: plain structs with YAML
 // tags, one function for the defaults, one Validate that lists every
 // problem at once. Settings come from a YAML file, overridden by environment
-// variables (MDS_*, POSTGRES_*, KAFKA_BROKERS, DATABASE_URL), overridden by
+// variables (MDS_*, POSTGRES_*, KAFKA_*, DATABASE_URL; see EnvVars), overridden by
 // command-line flags; see Load.
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -69,7 +74,86 @@ type Kafka struct {
 	// RebalanceTimeout bounds a rebalance, including flushing revoked
 	// partitions. Default 60s.
 	RebalanceTimeout Duration `yaml:"rebalance_timeout"`
+	// TLS encrypts the connections to the brokers. Default off.
+	TLS KafkaTLS `yaml:"tls"`
+	// SASL authenticates the connections to the brokers. Default none.
+	SASL KafkaSASL `yaml:"sasl"`
 }
+
+// KafkaTLS is TLS towards the brokers. It applies to every Kafka client
+// of the connector: the consumer, the dead-letter producer, and the dlq
+// and loadgen commands.
+type KafkaTLS struct {
+	// Enabled turns TLS on. Env KAFKA_TLS_ENABLED. Default false; the other
+	// TLS settings are an error while it is false.
+	Enabled bool `yaml:"enabled"`
+	// CAFile is a PEM file of the certificate authorities that sign the
+	// brokers' certificates. Env KAFKA_TLS_CA_FILE. Default empty: the
+	// system's roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile is a PEM client certificate (chain) for brokers that
+	// authenticate clients by certificate; KeyFile is its private key. Both
+	// or neither. Env KAFKA_TLS_CERT_FILE, KAFKA_TLS_KEY_FILE. Default none.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the name the brokers' certificates must carry. Env
+	// KAFKA_TLS_SERVER_NAME. Default empty: the host of each broker dialed.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any broker certificate, giving up all
+	// protection against a man in the middle. Default false. For tests
+	// only; there is no environment variable for it.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// SASL mechanisms the connector speaks.
+const (
+	SASLPlain       = "PLAIN"
+	SASLScramSHA256 = "SCRAM-SHA-256"
+	SASLScramSHA512 = "SCRAM-SHA-512"
+)
+
+// SASLMechanisms lists the SASL mechanisms the connector speaks.
+var SASLMechanisms = []string{SASLPlain, SASLScramSHA256, SASLScramSHA512}
+
+// KafkaSASL is SASL authentication towards the brokers, for every Kafka
+// client of the connector. Without TLS, PLAIN sends the password in clear.
+type KafkaSASL struct {
+	// Mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (any case). Env
+	// KAFKA_SASL_MECHANISM. Default empty: no SASL.
+	Mechanism string `yaml:"mechanism"`
+	// Username. Env KAFKA_SASL_USERNAME. Required with a mechanism.
+	Username string `yaml:"username"`
+	// Password. Env KAFKA_SASL_PASSWORD (preferred: keeps it out of the
+	// file). Required with a mechanism. Never printed or logged.
+	Password Secret `yaml:"password"`
+}
+
+// Redacted replaces a secret wherever the configuration is shown.
+const Redacted = "xxxxx"
+
+// Secret is a string that is never shown: printed with fmt, logged with
+// slog, or marshalled to YAML or JSON it reads "xxxxx" ("" when empty).
+// Where the value itself is needed, convert it: string(s).
+type Secret string
+
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return Redacted
+}
+
+// GoString keeps %#v from showing the secret.
+func (s Secret) GoString() string { return strconv.Quote(s.String()) }
+
+// LogValue keeps slog from showing the secret.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalYAML writes the redacted form.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// MarshalJSON writes the redacted form.
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
 
 // Postgres is where records land.
 type Postgres struct {
@@ -331,8 +415,11 @@ func (c *Config) Validate() error {
 	if c.Kafka.StartFrom != "earliest" && c.Kafka.StartFrom != "latest" {
 		bad("kafka.start_from", "must be earliest or latest, got %q", c.Kafka.StartFrom)
 	}
+	c.Kafka.checkSecurity(bad)
 	if c.Postgres.URL == "" {
 		bad("postgres.url", "required (set DATABASE_URL, POSTGRES_HOST… or -database-url)")
+	} else {
+		checkPostgresTLS(c.Postgres.URL, bad)
 	}
 	if c.Postgres.Schema == "" {
 		bad("postgres.schema", "required")
@@ -501,6 +588,251 @@ func validateColumns(setting string, t Topic, bad func(setting, format string, a
 	}
 }
 
+// ValidateSecurity reports every problem of the TLS and SASL settings at
+// once, each naming its setting (Validate includes them). The commands that
+// use only Kafka check these alone.
+func (k *Kafka) ValidateSecurity() error {
+	var errs []error
+	k.checkSecurity(func(setting, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", setting, fmt.Sprintf(format, args...)))
+	})
+	return errors.Join(errs...)
+}
+
+func (k *Kafka) checkSecurity(bad func(setting, format string, args ...any)) {
+	t := k.TLS
+	if !t.Enabled {
+		for _, s := range []struct {
+			name string
+			set  bool
+		}{
+			{"ca_file", t.CAFile != ""}, {"cert_file", t.CertFile != ""}, {"key_file", t.KeyFile != ""},
+			{"server_name", t.ServerName != ""}, {"insecure_skip_verify", t.InsecureSkipVerify},
+		} {
+			if s.set {
+				bad("kafka.tls."+s.name, "set, but kafka.tls.enabled is false (KAFKA_TLS_ENABLED): turn TLS on or remove it")
+			}
+		}
+	} else if _, err := t.Config(); err != nil {
+		each := []error{err}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			each = j.Unwrap()
+		}
+		for _, e := range each {
+			var te *tlsFileError
+			if errors.As(e, &te) {
+				bad("kafka.tls."+te.setting, "%v", te.err)
+			} else {
+				bad("kafka.tls", "%v", e)
+			}
+		}
+	}
+
+	s := k.SASL
+	mech := strings.ToUpper(s.Mechanism)
+	switch {
+	case mech == "" && (s.Username != "" || s.Password != ""):
+		bad("kafka.sasl.mechanism", "required when kafka.sasl.username or kafka.sasl.password is set: %s (KAFKA_SASL_MECHANISM)",
+			strings.Join(SASLMechanisms, ", "))
+	case mech != "" && !contains(SASLMechanisms, mech):
+		bad("kafka.sasl.mechanism", "must be %s, got %q", strings.Join(SASLMechanisms, ", "), s.Mechanism)
+	}
+	if s.Username == "" && (mech != "" || s.Password != "") {
+		what := "kafka.sasl.mechanism " + mech
+		if mech == "" {
+			what = "kafka.sasl.password"
+		}
+		bad("kafka.sasl.username", "required with %s (KAFKA_SASL_USERNAME)", what)
+	}
+	if s.Password == "" && mech != "" {
+		bad("kafka.sasl.password", "required with kafka.sasl.mechanism %s (KAFKA_SASL_PASSWORD)", mech)
+	}
+}
+
+// tlsFileError is a TLS file that cannot be used, with the setting that
+// names it.
+type tlsFileError struct {
+	setting string
+	err     error
+}
+
+func (e *tlsFileError) Error() string { return "kafka.tls." + e.setting + ": " + e.err.Error() }
+func (e *tlsFileError) Unwrap() error { return e.err }
+
+// Config builds the TLS configuration for the Kafka clients: nil when TLS
+// is off. It reads the CA, certificate and key files; the error joins one
+// error per file that cannot be used, each naming its setting.
+func (t KafkaTLS) Config() (*tls.Config, error) {
+	if !t.Enabled {
+		return nil, nil
+	}
+	c := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         t.ServerName,
+		InsecureSkipVerify: t.InsecureSkipVerify,
+	}
+	var errs []error
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		pool := x509.NewCertPool()
+		switch {
+		case err != nil:
+			errs = append(errs, &tlsFileError{"ca_file", err})
+		case !pool.AppendCertsFromPEM(pem):
+			errs = append(errs, &tlsFileError{"ca_file", fmt.Errorf("%s holds no PEM certificate", t.CAFile)})
+		default:
+			c.RootCAs = pool
+		}
+	}
+	switch {
+	case t.CertFile != "" && t.KeyFile == "":
+		errs = append(errs, &tlsFileError{"key_file", errors.New("required with kafka.tls.cert_file")})
+	case t.CertFile == "" && t.KeyFile != "":
+		errs = append(errs, &tlsFileError{"cert_file", errors.New("required with kafka.tls.key_file")})
+	case t.CertFile != "":
+		missing := false
+		for _, f := range []struct{ setting, path string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
+			if _, err := os.Stat(f.path); err != nil {
+				errs = append(errs, &tlsFileError{f.setting, err})
+				missing = true
+			}
+		}
+		if missing {
+			break
+		}
+		pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			errs = append(errs, &tlsFileError{"cert_file", fmt.Errorf("%s with key %s: %w", t.CertFile, t.KeyFile, err)})
+		} else {
+			c.Certificates = []tls.Certificate{pair}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// sslModes are the values of libpq's sslmode that pgx takes.
+var sslModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+// checkPostgresTLS checks the TLS parameters of a connection string that
+// pgx would only find wrong when it connects: the sslmode, and the
+// certificate files.
+func checkPostgresTLS(dsn string, bad func(setting, format string, args ...any)) {
+	p := dsnParams(dsn)
+	if m, ok := p["sslmode"]; ok && !contains(sslModes, m) {
+		bad("postgres.url", "sslmode must be one of %s, got %q", strings.Join(sslModes, ", "), m)
+	}
+	for _, k := range []string{"sslrootcert", "sslcert", "sslkey"} {
+		v := p[k]
+		if v == "" || (k == "sslrootcert" && v == "system") {
+			continue
+		}
+		if _, err := os.Stat(v); err != nil {
+			bad("postgres.url", "%s: %v", k, err)
+		}
+	}
+	if (p["sslcert"] == "") != (p["sslkey"] == "") {
+		bad("postgres.url", "sslcert and sslkey go together: set both or neither")
+	}
+}
+
+// dsnParams returns the parameters of a PostgreSQL URL's query or of a
+// keyword/value connection string (values unquoted).
+func dsnParams(dsn string) map[string]string {
+	out := map[string]string{}
+	if isURL(dsn) {
+		if u, err := url.Parse(dsn); err == nil {
+			for k, v := range u.Query() {
+				out[k] = v[len(v)-1]
+			}
+		}
+		return out
+	}
+	for _, kv := range scanKeywords(dsn) {
+		out[kv.key] = unquote(kv.value)
+	}
+	return out
+}
+
+func isURL(s string) bool {
+	l := strings.ToLower(s)
+	return strings.HasPrefix(l, "postgres://") || strings.HasPrefix(l, "postgresql://")
+}
+
+// keyword is one key = value pair of a keyword/value connection string,
+// with the byte range of its value in the string (quotes included).
+type keyword struct {
+	key, value string
+	start, end int
+}
+
+// scanKeywords splits a libpq keyword/value string: spaces separate pairs,
+// spaces may surround '=', a value may be single-quoted, and a backslash
+// escapes the next byte.
+func scanKeywords(s string) []keyword {
+	var out []keyword
+	space := func(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' }
+	i := 0
+	skip := func() {
+		for i < len(s) && space(s[i]) {
+			i++
+		}
+	}
+	for {
+		skip()
+		if i >= len(s) {
+			return out
+		}
+		k := i
+		for i < len(s) && s[i] != '=' && !space(s[i]) {
+			i++
+		}
+		key := s[k:i]
+		skip()
+		if i >= len(s) || s[i] != '=' {
+			continue // not key=value: skip the word
+		}
+		i++
+		skip()
+		start := i
+		if i < len(s) && s[i] == '\'' {
+			i++
+			for i < len(s) && s[i] != '\'' {
+				if s[i] == '\\' {
+					i++
+				}
+				i++
+			}
+			i++
+		} else {
+			for i < len(s) && !space(s[i]) {
+				if s[i] == '\\' {
+					i++
+				}
+				i++
+			}
+		}
+		i = min(i, len(s))
+		out = append(out, keyword{key: key, value: s[start:i], start: start, end: i})
+	}
+}
+
+func unquote(v string) string {
+	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
+		v = v[1 : len(v)-1]
+	}
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\\' && i+1 < len(v) {
+			i++
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String()
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -557,28 +889,56 @@ func ReadFile(path string, base Config) (Config, error) {
 	return base, nil
 }
 
-// RedactURL hides the password of a PostgreSQL URL or keyword/value
-// connection string, for logs and `config check`.
+// secretParams are the connection parameters RedactURL hides.
+var secretParams = []string{"password", "sslpassword"}
+
+// RedactURL hides the passwords (password, sslpassword) of a PostgreSQL URL
+// or keyword/value connection string, for logs and `config check`. A URL
+// too broken to parse loses everything between "://" and its last '@'
+// after the user name.
 func RedactURL(s string) string {
-	if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.Host != "" {
+	if !isURL(s) {
+		var b strings.Builder
+		last := 0
+		for _, kv := range scanKeywords(s) {
+			if contains(secretParams, strings.ToLower(kv.key)) {
+				b.WriteString(s[last:kv.start])
+				b.WriteString(Redacted)
+				last = kv.end
+			}
+		}
+		b.WriteString(s[last:])
+		return b.String()
+	}
+	if u, err := url.Parse(s); err == nil && u.Host != "" {
 		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			u.User = url.UserPassword(u.User.Username(), Redacted)
 		}
 		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
+		hidden := false
+		for _, k := range secretParams {
+			if q.Has(k) {
+				q.Set(k, Redacted)
+				hidden = true
+			}
+		}
+		if hidden {
 			u.RawQuery = q.Encode()
 		}
 		return u.String()
 	}
-	fields := strings.Fields(s)
-	for i, f := range fields {
-		if k, _, ok := strings.Cut(f, "="); ok && strings.EqualFold(k, "password") {
-			fields[i] = k + "=xxxxx"
+	// unparsable (a password with an unescaped '/', '?' or '#', say): cut
+	// the user information by hand and the query parameters by pattern
+	scheme, rest, _ := strings.Cut(s, "://")
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		if user, _, ok := strings.Cut(rest[:at], ":"); ok {
+			rest = user + ":" + Redacted + rest[at:]
 		}
 	}
-	return strings.Join(fields, " ")
+	return scheme + "://" + secretQuery.ReplaceAllString(rest, "${1}"+Redacted)
 }
+
+var secretQuery = regexp.MustCompile(`(?i)([?&](?:ssl)?password=)[^&#]*`)
 
 func newEncoder(w io.Writer) *yaml.Encoder {
 	enc := yaml.NewEncoder(w)

@@ -3,11 +3,15 @@ package config
 import (
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ktsink/connector/internal/testenv"
 )
 
 func envOf(m map[string]string) Env {
@@ -199,6 +203,16 @@ func TestRedactURL(t *testing.T) {
 		{name: "query password", in: "postgres://u@h/d?password=hunter2", want: "postgres://u@h/d?password=xxxxx"},
 		{name: "keyword form", in: "host=h user=u password=hunter2 dbname=d", want: "host=h user=u password=xxxxx dbname=d"},
 		{name: "no password", in: "postgres://u@h/d", want: "postgres://u@h/d"},
+		{name: "ssl password in url", in: "postgres://u:hunter2@h/d?sslmode=verify-full&sslpassword=hunter2",
+			want: "postgres://u:xxxxx@h/d?sslmode=verify-full&sslpassword=xxxxx"},
+		{name: "unescaped slash in url password", in: "postgres://u:hun/ter2@h:5432/d?sslmode=require",
+			want: "postgres://u:xxxxx@h:5432/d?sslmode=require"},
+		{name: "unparsable url, query password", in: "postgres://u@h:port/d?password=hunter2&sslmode=require",
+			want: "postgres://u@h:port/d?password=xxxxx&sslmode=require"},
+		{name: "quoted keyword value", in: "host=h password='hunter2 and more' dbname=d", want: "host=h password=xxxxx dbname=d"},
+		{name: "spaces around equals", in: "host=h password = hunter2 sslpassword=hunter2", want: "host=h password = xxxxx sslpassword=xxxxx"},
+		{name: "escaped quote", in: `password='hun\'ter2' user=u`, want: "password=xxxxx user=u"},
+		{name: "upper-case key", in: "PASSWORD=hunter2", want: "PASSWORD=xxxxx"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -270,5 +284,182 @@ topics:
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
+	}
+}
+
+func TestKafkaSecurityProblemsAreListed(t *testing.T) {
+	dir := t.TempDir()
+	ca := testenv.NewCA(t, dir, "ca")
+	cert, key := ca.Issue(t, dir, "client", "localhost")
+	notPEM := filepath.Join(dir, "garbage.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing.pem")
+	tests := []struct {
+		name string
+		tls  KafkaTLS
+		sasl KafkaSASL
+		want []string // settings named; none: valid
+	}{
+		{name: "nothing"},
+		{name: "tls with ca", tls: KafkaTLS{Enabled: true, CAFile: ca.CertFile}},
+		{name: "mutual tls", tls: KafkaTLS{Enabled: true, CAFile: ca.CertFile, CertFile: cert, KeyFile: key}},
+		{name: "scram", sasl: KafkaSASL{Mechanism: "SCRAM-SHA-512", Username: "u", Password: "hunter2"}},
+		{name: "mechanism in lower case", sasl: KafkaSASL{Mechanism: "plain", Username: "u", Password: "hunter2"}},
+		{name: "missing CA file", tls: KafkaTLS{Enabled: true, CAFile: missing}, want: []string{"kafka.tls.ca_file", "missing.pem"}},
+		{name: "CA file without certificates", tls: KafkaTLS{Enabled: true, CAFile: notPEM}, want: []string{"kafka.tls.ca_file", "no PEM certificate"}},
+		{name: "cert without key", tls: KafkaTLS{Enabled: true, CertFile: cert}, want: []string{"kafka.tls.key_file"}},
+		{name: "key without cert", tls: KafkaTLS{Enabled: true, KeyFile: key}, want: []string{"kafka.tls.cert_file"}},
+		{name: "key that is no key", tls: KafkaTLS{Enabled: true, CertFile: cert, KeyFile: notPEM}, want: []string{"kafka.tls.cert_file"}},
+		{name: "every missing file", tls: KafkaTLS{Enabled: true, CAFile: missing, CertFile: missing + ".crt", KeyFile: missing + ".key"},
+			want: []string{"kafka.tls.ca_file", "kafka.tls.cert_file", "kafka.tls.key_file"}},
+		{name: "tls settings while off", tls: KafkaTLS{CAFile: ca.CertFile, InsecureSkipVerify: true},
+			want: []string{"kafka.tls.ca_file", "kafka.tls.insecure_skip_verify", "kafka.tls.enabled is false"}},
+		{name: "unknown mechanism", sasl: KafkaSASL{Mechanism: "GSSAPI", Username: "u", Password: "hunter2"}, want: []string{"kafka.sasl.mechanism", "GSSAPI"}},
+		{name: "password without user", sasl: KafkaSASL{Mechanism: "PLAIN", Password: "hunter2"}, want: []string{"kafka.sasl.username"}},
+		{name: "password alone", sasl: KafkaSASL{Password: "hunter2"}, want: []string{"kafka.sasl.mechanism", "kafka.sasl.username"}},
+		{name: "user without password", sasl: KafkaSASL{Mechanism: "SCRAM-SHA-256", Username: "u"}, want: []string{"kafka.sasl.password"}},
+		{name: "user without mechanism", sasl: KafkaSASL{Username: "u"}, want: []string{"kafka.sasl.mechanism"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			c.Kafka.Brokers = []string{"b:9093"}
+			c.Postgres.URL = "postgres://u@h/d"
+			c.Kafka.TLS, c.Kafka.SASL = tt.tls, tt.sasl
+			c.fillDerived()
+			err := c.Validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				if _, err := c.Kafka.TLS.Config(); err != nil {
+					t.Fatalf("TLS config: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error shows the password:\n%v", err)
+			}
+			if kerr := c.Kafka.ValidateSecurity(); kerr == nil || !strings.Contains(kerr.Error(), tt.want[0]) {
+				t.Errorf("ValidateSecurity = %v, want a problem naming %s", kerr, tt.want[0])
+			}
+		})
+	}
+}
+
+func TestPostgresTLSSettingsAreChecked(t *testing.T) {
+	dir := t.TempDir()
+	ca := testenv.NewCA(t, dir, "ca")
+	missing := filepath.Join(dir, "nope.crt")
+	tests := []struct {
+		name, url string
+		want      []string
+	}{
+		{name: "verify-full url", url: "postgres://u:p@h/d?sslmode=verify-full&sslrootcert=" + ca.CertFile},
+		{name: "verify-full keywords", url: "host=h user=u sslmode = verify-full sslrootcert='" + ca.CertFile + "'"},
+		{name: "system roots", url: "postgres://u@h/d?sslmode=verify-full&sslrootcert=system"},
+		{name: "unknown sslmode", url: "postgres://u@h/d?sslmode=always", want: []string{"postgres.url", "sslmode", "always"}},
+		{name: "missing root cert", url: "host=h sslmode=verify-full sslrootcert=" + missing, want: []string{"postgres.url", "sslrootcert", "nope.crt"}},
+		{name: "cert without key", url: "postgres://u@h/d?sslcert=" + ca.CertFile, want: []string{"sslcert and sslkey"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			c.Kafka.Brokers = []string{"b:9092"}
+			c.Postgres.URL = tt.url
+			c.fillDerived()
+			err := c.Validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestKafkaSecurityFromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	ca := testenv.NewCA(t, dir, "ca")
+	c, err := Load(nil, envOf(map[string]string{
+		"KAFKA_BROKERS": "b:9093", "DATABASE_URL": "postgres://u@h/d",
+		"KAFKA_TLS_ENABLED": "true", "KAFKA_TLS_CA_FILE": ca.CertFile, "KAFKA_TLS_SERVER_NAME": "kafka.internal",
+		"KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_SASL_USERNAME": "ktsink", "KAFKA_SASL_PASSWORD": "hunter2",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Kafka.TLS.Enabled || c.Kafka.TLS.CAFile != ca.CertFile || c.Kafka.TLS.ServerName != "kafka.internal" {
+		t.Errorf("tls = %+v", c.Kafka.TLS)
+	}
+	if c.Kafka.SASL.Mechanism != "SCRAM-SHA-256" || c.Kafka.SASL.Username != "ktsink" || string(c.Kafka.SASL.Password) != "hunter2" {
+		t.Errorf("sasl = %+v", c.Kafka.SASL)
+	}
+	tc, err := c.Kafka.TLS.Config()
+	if err != nil || tc == nil || tc.RootCAs == nil || tc.ServerName != "kafka.internal" {
+		t.Fatalf("TLS config = %+v, %v", tc, err)
+	}
+	for _, k := range []string{"KAFKA_TLS_ENABLED", "KAFKA_TLS_CA_FILE", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"} {
+		if !slices.Contains(EnvVars, k) {
+			t.Errorf("EnvVars lacks %s", k)
+		}
+	}
+	if _, err := Load(nil, envOf(map[string]string{"KAFKA_TLS_ENABLED": "sometimes"})); err == nil || !strings.Contains(err.Error(), "KAFKA_TLS_ENABLED") {
+		t.Errorf("Load with KAFKA_TLS_ENABLED=sometimes: %v", err)
+	}
+}
+
+// The SASL password never shows: not in config check's YAML, not through
+// fmt, not in slog's text or JSON output.
+func TestSASLPasswordIsNeverShown(t *testing.T) {
+	c := Default()
+	c.Kafka.Brokers = []string{"b:9093"}
+	c.Kafka.SASL = KafkaSASL{Mechanism: SASLScramSHA512, Username: "ktsink", Password: "hunter2"}
+	c.Postgres.URL = "host=h user=u password='hunter2 with spaces'"
+	var out strings.Builder
+	if err := c.Print(&out); err != nil {
+		t.Fatal(err)
+	}
+	var text, js strings.Builder
+	slog.New(slog.NewTextHandler(&text, nil)).Info("config", "kafka", c.Kafka, "sasl", c.Kafka.SASL, "password", c.Kafka.SASL.Password)
+	slog.New(slog.NewJSONHandler(&js, nil)).Info("config", "kafka", c.Kafka, "sasl", c.Kafka.SASL, "password", c.Kafka.SASL.Password)
+	shown := map[string]string{
+		"config check": out.String(), "%v": fmt.Sprintf("%v", c.Kafka), "%+v": fmt.Sprintf("%+v", c.Kafka),
+		"%#v": fmt.Sprintf("%#v", c.Kafka), "%s": fmt.Sprintf("%s", c.Kafka.SASL.Password),
+		"slog text": text.String(), "slog json": js.String(),
+	}
+	for how, s := range shown {
+		if strings.Contains(s, "hunter2") {
+			t.Errorf("%s shows the password:\n%s", how, s)
+		}
+		if !strings.Contains(s, Redacted) {
+			t.Errorf("%s does not show the redacted password:\n%s", how, s)
+		}
+	}
+	if !strings.Contains(out.String(), "password: xxxxx") || !strings.Contains(out.String(), "username: ktsink") {
+		t.Errorf("config check output:\n%s", out.String())
+	}
+	var empty strings.Builder
+	if err := Default().Print(&empty); err != nil || strings.Contains(empty.String(), Redacted) {
+		t.Errorf("an empty password prints as %q (%v)", empty.String(), err)
 	}
 }

@@ -19,7 +19,10 @@ type Env func(key string) (string, bool)
 // setting it overrides. Documented in the README; checked against
 // docker-compose.yml.
 var EnvVars = []string{
-	"KAFKA_BROKERS", "KAFKA_GROUP", "KAFKA_INSTANCE_ID", "DATABASE_URL",
+	"KAFKA_BROKERS", "KAFKA_GROUP", "KAFKA_INSTANCE_ID",
+	"KAFKA_TLS_ENABLED", "KAFKA_TLS_CA_FILE", "KAFKA_TLS_CERT_FILE", "KAFKA_TLS_KEY_FILE", "KAFKA_TLS_SERVER_NAME",
+	"KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD",
+	"DATABASE_URL",
 	"POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
 	"MDS_COORDINATOR_CAPACITY", "MDS_COORDINATOR_WORKERS", "MDS_COORDINATOR_BATCH_SIZE",
 	"MDS_COORDINATOR_FLUSH_INTERVAL", "MDS_COORDINATOR_OVERFLOW",
@@ -74,6 +77,23 @@ func ApplyEnv(c *Config, env Env) error {
 	}
 	str("KAFKA_GROUP", &c.Kafka.Group)
 	str("KAFKA_INSTANCE_ID", &c.Kafka.InstanceID)
+	if v, ok := env("KAFKA_TLS_ENABLED"); ok && v != "" {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("KAFKA_TLS_ENABLED: %q is not true or false", v))
+		} else {
+			c.Kafka.TLS.Enabled = b
+		}
+	}
+	str("KAFKA_TLS_CA_FILE", &c.Kafka.TLS.CAFile)
+	str("KAFKA_TLS_CERT_FILE", &c.Kafka.TLS.CertFile)
+	str("KAFKA_TLS_KEY_FILE", &c.Kafka.TLS.KeyFile)
+	str("KAFKA_TLS_SERVER_NAME", &c.Kafka.TLS.ServerName)
+	str("KAFKA_SASL_MECHANISM", &c.Kafka.SASL.Mechanism)
+	str("KAFKA_SASL_USERNAME", &c.Kafka.SASL.Username)
+	if v, ok := env("KAFKA_SASL_PASSWORD"); ok && v != "" {
+		c.Kafka.SASL.Password = Secret(v)
+	}
 	if err := applyPostgresEnv(c, env); err != nil {
 		errs = append(errs, err)
 	}
@@ -249,7 +269,8 @@ func (c *Config) fillDerived() {
 	}
 }
 
-// Print writes the effective configuration as YAML with secrets redacted.
+// Print writes the effective configuration as YAML with secrets redacted:
+// the database passwords, and kafka.sasl.password (a Secret).
 func (c Config) Print(w io.Writer) error {
 	c.Postgres.URL = RedactURL(c.Postgres.URL)
 	enc := newEncoder(w)

@@ -17,6 +17,18 @@
 #                            this script started the broker)
 #   scripts/kafka.sh env3    the same for the three-broker cluster
 #   scripts/kafka.sh fetch   only fetch the jars
+#   scripts/kafka.sh up-sasl one broker whose client listener is SASL_SSL on
+#                            127.0.0.1:${KAFKA_SASL_PORT:-9094} (PLAIN,
+#                            SCRAM-SHA-256 and SCRAM-SHA-512), with a
+#                            PLAINTEXT inter-broker listener on the next port
+#                            and the controller on the one after; needs
+#                            KAFKA_SSL_CERT and KAFKA_SSL_KEY (PEM server
+#                            certificate chain and unencrypted PKCS#8 key)
+#                            and KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD (the
+#                            one user, for every mechanism: the variables the
+#                            connector reads, so one environment serves both)
+#   scripts/kafka.sh down-sasl   give up this caller's use of it (as down)
+#   scripts/kafka.sh env-sasl    print KAFKA_BROKERS=… of the SASL_SSL listener
 #
 # Topics are not created automatically (auto.create.topics.enable=false): a
 # test or the connector that needs a topic creates it, so a misspelt topic
@@ -31,6 +43,7 @@ version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")
 libs="$root/.cache/kafka/$version/libs"
 port=${KAFKA_PORT:-9092}
 port3=${KAFKA3_PORT:-9192}
+sasl_port=${KAFKA_SASL_PORT:-9094}
 heap=${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}
 wait_s=${KAFKA_START_TIMEOUT:-120}
 ready_bin="$root/.cache/bin/kafkaready"
@@ -121,20 +134,30 @@ stop_nodes() {
 #   start_node DIR NODE_ID PORT CONTROLLER_PORT VOTERS CLUSTER_ID REPLICATION
 start_node() {
   local dir=$1 id=$2 p=$3 cp=$4 voters=$5 cluster=$6 rf=$7
-  local minisr=1
-  [ "$rf" -ge 3 ] && minisr=2
   rm -rf "$dir"
   mkdir -p "$dir/data"
-  cat >"$dir/server.properties" <<PROPS
-# written by scripts/kafka.sh
+  {
+    echo "# written by scripts/kafka.sh"
+    echo "listeners=PLAINTEXT://127.0.0.1:$p,CONTROLLER://127.0.0.1:$cp"
+    echo "advertised.listeners=PLAINTEXT://127.0.0.1:$p"
+    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    common_props "$dir" "$id" "$voters" "$rf"
+  } >"$dir/server.properties"
+  launch_node "$dir" "$id" "$cluster"
+}
+
+# common_props prints the settings every node shares.
+#   common_props DIR NODE_ID VOTERS REPLICATION
+common_props() {
+  local dir=$1 id=$2 voters=$3 rf=$4
+  local minisr=1
+  [ "$rf" -ge 3 ] && minisr=2
+  cat <<PROPS
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$p,CONTROLLER://127.0.0.1:$cp
-advertised.listeners=PLAINTEXT://127.0.0.1:$p
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
 default.replication.factor=1
@@ -151,6 +174,15 @@ log.segment.bytes=67108864
 num.network.threads=2
 num.io.threads=4
 PROPS
+}
+
+# launch_node writes the logging configuration into the state folder $1,
+# formats the node's storage (further arguments go to the storage tool) and
+# starts the node in the background.
+#   launch_node DIR NODE_ID CLUSTER_ID [FORMAT_ARGS...]
+launch_node() {
+  local dir=$1 id=$2 cluster=$3
+  shift 3
   cat >"$dir/log4j2.yaml" <<LOG
 Configuration:
   Appenders:
@@ -171,7 +203,7 @@ Configuration:
         level: INFO
 LOG
   java -Dlog4j2.configurationFile="$dir/log4j2.yaml" -cp "$libs/*" kafka.tools.StorageTool format \
-    -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
+    -t "$cluster" -c "$dir/server.properties" "$@" >"$dir/format.log" 2>&1 ||
     { say "formatting storage for node $id failed:"; cat "$dir/format.log" >&2; return 1; }
   # The broker must not inherit the locks (fds 8 and 9).
   # shellcheck disable=SC2086 # $heap is a list of JVM options
@@ -297,6 +329,80 @@ print_env() {
   if [ -f "$2/version" ]; then echo "KAFKA_VERSION=$(cat "$2/version")"; fi
 }
 
+# sasl_fingerprint identifies what a SASL_SSL broker was started with
+# (certificate, key, user and password), so that a running one is reused
+# only by callers that would have started the same.
+sasl_fingerprint() {
+  { cat "$KAFKA_SSL_CERT" "$KAFKA_SSL_KEY"; printf '%s\n%s\n' "$KAFKA_SASL_USERNAME" "$KAFKA_SASL_PASSWORD"; } | sha256sum | cut -d' ' -f1
+}
+
+up_sasl() {
+  local state="$run_dir/kafka-sasl-$sasl_port" p=$sasl_port out v
+  for v in KAFKA_SSL_CERT KAFKA_SSL_KEY KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD; do
+    [ -n "${!v:-}" ] || die "up-sasl needs $v"
+  done
+  [ -r "$KAFKA_SSL_CERT" ] || die "KAFKA_SSL_CERT: cannot read $KAFKA_SSL_CERT"
+  [ -r "$KAFKA_SSL_KEY" ] || die "KAFKA_SSL_KEY: cannot read $KAFKA_SSL_KEY"
+  # the user and password go into a JAAS line and a storage tool argument
+  case "$KAFKA_SASL_USERNAME$KAFKA_SASL_PASSWORD" in
+    *[!A-Za-z0-9._-]*) die "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD: only letters, digits, '.', '_' and '-' here" ;;
+  esac
+  lock_service "kafka-sasl-$p"
+  if listening "$p"; then
+    if ours_running "$state" && [ "$(cat "$state/fingerprint" 2>/dev/null)" = "$(sasl_fingerprint)" ]; then
+      out=$(ready "127.0.0.1:$((p + 1))" 15s) || die "the SASL_SSL broker on 127.0.0.1:$p does not answer"
+      hold "$state"
+      say "using the SASL_SSL broker scripts/kafka.sh started on 127.0.0.1:$p: $out"
+      return
+    fi
+    die "127.0.0.1:$p is taken by something else than a SASL_SSL broker with these credentials (set KAFKA_SASL_PORT to use another port)"
+  fi
+  stop_nodes "$state"
+  for v in $((p + 1)) $((p + 2)); do
+    listening "$v" && die "port 127.0.0.1:$v, which the SASL_SSL broker needs, is taken (set KAFKA_SASL_PORT to use other ports)"
+  done
+  fetch
+  say "starting Apache Kafka $version with SASL_SSL on 127.0.0.1:$p (log $state/broker.log)"
+  rm -rf "$state"
+  mkdir -p "$state/data"
+  chmod 700 "$state"
+  # Kafka's PEM key store: the private key (PKCS#8, unencrypted) and the
+  # certificate chain in one file
+  cat "$KAFKA_SSL_KEY" "$KAFKA_SSL_CERT" >"$state/keystore.pem"
+  sasl_fingerprint >"$state/fingerprint"
+  local user=$KAFKA_SASL_USERNAME pass=$KAFKA_SASL_PASSWORD
+  {
+    echo "# written by scripts/kafka.sh up-sasl"
+    echo "listeners=SASL_SSL://127.0.0.1:$p,PLAINTEXT://127.0.0.1:$((p + 1)),CONTROLLER://127.0.0.1:$((p + 2))"
+    echo "advertised.listeners=SASL_SSL://127.0.0.1:$p,PLAINTEXT://127.0.0.1:$((p + 1))"
+    echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"
+    echo "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    echo "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$user=\"$pass\";"
+    echo "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    echo "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    echo "ssl.keystore.type=PEM"
+    echo "ssl.keystore.location=$state/keystore.pem"
+    echo "ssl.client.auth=none"
+    common_props "$state" 1 "1@127.0.0.1:$((p + 2))" 1
+  } >"$state/server.properties"
+  chmod 600 "$state/server.properties" "$state/keystore.pem"
+  launch_node "$state" 1 "$(cluster_id)" \
+    --add-scram "SCRAM-SHA-256=[name=$user,password=$pass]" \
+    --add-scram "SCRAM-SHA-512=[name=$user,password=$pass]" ||
+    fail_start "Apache Kafka with SASL_SSL could not be started" "$state"
+  # readiness over the PLAINTEXT listener; the caller checks SASL_SSL itself
+  out=$(ready "127.0.0.1:$((p + 1))" "${wait_s}s") ||
+    fail_start "Apache Kafka on 127.0.0.1:$p was not ready within ${wait_s}s (log $state/broker.log)" "$state"
+  hold "$state"
+  say "ready: SASL_SSL on 127.0.0.1:$p, $out"
+}
+
+down_sasl() {
+  local state="$run_dir/kafka-sasl-$sasl_port"
+  lock_service "kafka-sasl-$sasl_port"
+  down_one "$state" "$state"
+}
+
 case "${1:-}" in
   up) up ;;
   up3) up3 ;;
@@ -304,5 +410,8 @@ case "${1:-}" in
   fetch) fetch ;;
   env) print_env "127.0.0.1:$port" "$root/.cache/run/kafka-$port" ;;
   env3) print_env "$(brokers3)" "$(nodes3 | head -n 1)" ;;
-  *) echo "usage: $0 up|up3|down|env|env3|fetch" >&2; exit 2 ;;
+  up-sasl) up_sasl ;;
+  down-sasl) down_sasl ;;
+  env-sasl) print_env "127.0.0.1:$sasl_port" "$run_dir/kafka-sasl-$sasl_port" ;;
+  *) echo "usage: $0 up|up3|down|env|env3|fetch|up-sasl|down-sasl|env-sasl" >&2; exit 2 ;;
 esac

@@ -18,6 +18,12 @@
 #                              unless it shares a server already running)
 #   scripts/postgres.sh env    print DATABASE_URL=…
 #
+# With PG_SSL_CERT and PG_SSL_KEY (PEM server certificate chain and key) a
+# new cluster gets ssl = on with copies of them, and accepts TCP connections
+# only over TLS (hostssl); the DSN above then says sslmode=require. A client
+# that checks the certificate (sslmode=verify-full) needs the CA that signed
+# it and a host name the certificate names.
+#
 # Data, log and socket live in /tmp/ktsink-run/pg-<port> (see scripts/lib.sh
 # for the sharing rules; the postgres user could not reach a checkout under
 # /root). TimescaleDB is preloaded when the server offers the extension; it
@@ -33,7 +39,15 @@ pgversion=15
 bin=${PG_BIN:-/usr/lib/postgresql/$pgversion/bin}
 state="$run_dir/pg-$port"
 pgdir="$state/pg" # owned by the postgres user: data/, postgres.log, socket
-dsn="postgres://ktsink:ktsink@127.0.0.1:$port/ktsink?sslmode=disable"
+ssl=no
+if [ -n "${PG_SSL_CERT:-}" ] || [ -n "${PG_SSL_KEY:-}" ]; then
+  ssl=yes
+fi
+if [ $ssl = yes ]; then
+  dsn="postgres://ktsink:ktsink@127.0.0.1:$port/ktsink?sslmode=require"
+else
+  dsn="postgres://ktsink:ktsink@127.0.0.1:$port/ktsink?sslmode=disable"
+fi
 
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
@@ -113,6 +127,20 @@ checkpoint_timeout = 30min
 wal_compression = lz4
 log_min_messages = warning
 CONF
+  if [ $ssl = yes ]; then
+    # the server reads its key only if the postgres user owns it, mode 0600
+    as_pg install -m 600 /dev/null "$pgdir/data/server.key"
+    as_pg install -m 644 /dev/null "$pgdir/data/server.crt"
+    as_pg tee "$pgdir/data/server.key" <"$PG_SSL_KEY" >/dev/null
+    as_pg tee "$pgdir/data/server.crt" <"$PG_SSL_CERT" >/dev/null
+    as_pg tee -a "$pgdir/data/postgresql.conf" >/dev/null <<CONF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+CONF
+    # TCP only over TLS
+    as_pg sed -i 's/^host\([[:space:]]\)/hostssl\1/' "$pgdir/data/pg_hba.conf"
+  fi
   : >"$state/started"
 }
 
@@ -130,6 +158,10 @@ up() {
       say "using the PostgreSQL $(server_version) already on 127.0.0.1:$port (not started here: never stopped here)"
     fi
     return
+  fi
+  if [ $ssl = yes ]; then
+    [ -r "${PG_SSL_CERT:-}" ] || die "PG_SSL_CERT: cannot read '${PG_SSL_CERT:-}' (PG_SSL_CERT and PG_SSL_KEY go together)"
+    [ -r "${PG_SSL_KEY:-}" ] || die "PG_SSL_KEY: cannot read '${PG_SSL_KEY:-}' (PG_SSL_CERT and PG_SSL_KEY go together)"
   fi
   ensure_binaries
   if [ -f "$state/started" ] && [ -f "$pgdir/data/PG_VERSION" ]; then

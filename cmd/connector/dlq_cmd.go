@@ -109,7 +109,15 @@ func (f *dlqFlags) read(ctx context.Context, cfg config.Config) (*selection, err
 			return nil, &usageError{errors.New("-from-topic: kafka.brokers is not set (or KAFKA_BROKERS, -brokers)")}
 		}
 		s.from = "topic " + topic
-		all, err = dlq.ReadTopic(ctx, cfg.Kafka.Brokers, topic, kgo.ClientID(cfg.Kafka.ClientID+"-dlq-reader"))
+		var kopts []kgo.Opt
+		if kopts, err = kafkaOpts(cfg.Kafka); err != nil {
+			return nil, err
+		}
+		if err = checkKafka(ctx, cfg.Kafka.Brokers, kopts); err != nil {
+			return nil, err
+		}
+		// (ReadTopic adds the seed brokers again: the same list)
+		all, err = dlq.ReadTopic(ctx, cfg.Kafka.Brokers, topic, append(kopts, kgo.ClientID(cfg.Kafka.ClientID+"-dlq-reader"))...)
 	} else {
 		if f.file == "" {
 			return nil, &usageError{errors.New("-file: no dead-letter file (dlq.file is turned off; name one with -file or use -from-topic)")}
@@ -431,9 +439,16 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return &usageError{errors.New("-to source: kafka.brokers is not set")}
 		}
 		// each record goes back to the partition it came from
-		cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Kafka.Brokers...), kgo.RequiredAcks(kgo.AllISRAcks()),
+		kopts, err := kafkaOpts(cfg.Kafka)
+		if err != nil {
+			return err
+		}
+		if err := checkKafka(ctx, cfg.Kafka.Brokers, kopts); err != nil {
+			return err
+		}
+		cl, err := kgo.NewClient(append(kopts, kgo.RequiredAcks(kgo.AllISRAcks()),
 			kgo.ClientID(cfg.Kafka.ClientID+"-dlq-replay"), kgo.RecordPartitioner(kgo.ManualPartitioner()),
-			kgo.ProducerLinger(0))
+			kgo.ProducerLinger(0))...)
 		if err != nil {
 			return fmt.Errorf("creating the replay producer: %w", err)
 		}

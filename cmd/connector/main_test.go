@@ -57,6 +57,7 @@ retry:
 }
 
 func TestConfigCheckRedactsThePassword(t *testing.T) {
+	isolateEnv(t)
 	t.Setenv("KAFKA_BROKERS", "127.0.0.1:9092")
 	t.Setenv("DATABASE_URL", "postgres://ktsink:hunter2@127.0.0.1:5432/ktsink")
 	var out strings.Builder

@@ -119,7 +119,7 @@ func newPool(ctx context.Context, cfg config.Config) (*pgxpool.Pool, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to PostgreSQL at %s: %w", pc.ConnConfig.Host, err)
+		return nil, fmt.Errorf("connecting to PostgreSQL at %s:%d: %w", pc.ConnConfig.Host, pc.ConnConfig.Port, err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -234,12 +234,20 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	kopts, err := kafkaOpts(cfg.Kafka)
+	if err != nil {
+		return err
+	}
+	warnKafkaSecurity(cfg.Kafka, log)
 
 	pool, err := newPool(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
+	if err := checkKafka(ctx, cfg.Kafka.Brokers, kopts); err != nil {
+		return err
+	}
 	sw, err := newSink(pool, cfg, log, sink.WithTombstones(func(topic, action string, n int) {
 		m.Tombstones.WithLabelValues(topic, action).Add(float64(n))
 	}))
@@ -269,6 +277,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 		StartFrom: cfg.Kafka.StartFrom, SessionTimeout: time.Duration(cfg.Kafka.SessionTimeout),
 		RebalanceTimeout: time.Duration(cfg.Kafka.RebalanceTimeout),
 		PollOnlyRoom:     cfg.Coordinator.Overflow == config.OverflowBlock,
+		Opts:             kopts,
 	}, source.WithLogger(log), source.WithMetrics(m), source.WithStart(startOffsets(wl, sw, eo, m, log)))
 	if err != nil {
 		return err
@@ -289,8 +298,8 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 	}
 	var producer *kgo.Client
 	if dlqTopic != "" {
-		producer, err = kgo.NewClient(kgo.SeedBrokers(cfg.Kafka.Brokers...), kgo.RequiredAcks(kgo.AllISRAcks()),
-			kgo.ClientID(cfg.Kafka.ClientID+"-dlq"), kgo.ProducerLinger(0))
+		producer, err = kgo.NewClient(append(kopts, kgo.RequiredAcks(kgo.AllISRAcks()),
+			kgo.ClientID(cfg.Kafka.ClientID+"-dlq"), kgo.ProducerLinger(0))...)
 		if err != nil {
 			return fmt.Errorf("creating the dead-letter producer: %w", err)
 		}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/coordinator"
 	"github.com/ktsink/connector/loadgen"
 	"github.com/ktsink/connector/record"
@@ -53,7 +54,8 @@ func crashHooks() coordinator.Hooks {
 func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("connector loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers, comma-separated")
+	configFile := fs.String("config", "", "YAML config `file` for the Kafka settings: brokers, TLS, SASL (the environment applies too)")
+	brokers := fs.String("brokers", "", "Kafka seed brokers, comma-separated (default kafka.brokers, KAFKA_BROKERS)")
 	kind := fs.String("kind", "bars", "record kind: bars, options, fundamentals, news, or all (each to the topic of its name)")
 	topic := fs.String("topic", "", "topic to produce to (default: the kind's name; with -kind all, a prefix for each kind's name)")
 	count := fs.Int64("n", 100000, "records to produce, of each kind; 0 for no limit")
@@ -66,8 +68,23 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return &usageError{err}
 	}
 	var problems []string
-	if *brokers == "" {
-		problems = append(problems, "-brokers: required (or KAFKA_BROKERS)")
+	cfg := config.Default()
+	if *configFile != "" {
+		var err error
+		if cfg, err = config.ReadFile(*configFile, cfg); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	// only the Kafka settings are used: problems elsewhere are not ours
+	_ = config.ApplyEnv(&cfg, os.LookupEnv)
+	if *brokers != "" {
+		cfg.Kafka.Brokers = strings.Split(*brokers, ",")
+	}
+	if len(cfg.Kafka.Brokers) == 0 {
+		problems = append(problems, "-brokers: required (or kafka.brokers, KAFKA_BROKERS)")
+	}
+	if err := cfg.Kafka.ValidateSecurity(); err != nil {
+		problems = append(problems, err.Error())
 	}
 	kinds := []string{*kind}
 	if *kind == "all" {
@@ -87,8 +104,15 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(problems) > 0 {
 		return &usageError{fmt.Errorf("%s", strings.Join(problems, "\n"))}
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(*brokers, ",")...),
-		kgo.ProducerBatchMaxBytes(1<<20), kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100000))
+	kopts, err := kafkaOpts(cfg.Kafka)
+	if err != nil {
+		return err
+	}
+	if err := checkKafka(ctx, cfg.Kafka.Brokers, kopts); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(kopts,
+		kgo.ProducerBatchMaxBytes(1<<20), kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100000))...)
 	if err != nil {
 		return fmt.Errorf("creating producer: %w", err)
 	}
