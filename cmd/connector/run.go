@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -28,6 +30,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
 )
 
 // loadConfig parses flags and builds the effective configuration.
@@ -277,7 +280,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 		StartFrom: cfg.Kafka.StartFrom, SessionTimeout: time.Duration(cfg.Kafka.SessionTimeout),
 		RebalanceTimeout: time.Duration(cfg.Kafka.RebalanceTimeout),
 		PollOnlyRoom:     cfg.Coordinator.Overflow == config.OverflowBlock,
-		Opts:             kopts,
+		Opts:             append(slices.Clone(kopts), kgo.WithHooks(clientMetrics(reg))),
 	}, source.WithLogger(log), source.WithMetrics(m), source.WithStart(startOffsets(wl, sw, eo, m, log)))
 	if err != nil {
 		return err
@@ -298,7 +301,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 	}
 	var producer *kgo.Client
 	if dlqTopic != "" {
-		producer, err = kgo.NewClient(append(kopts, kgo.RequiredAcks(kgo.AllISRAcks()),
+		producer, err = kgo.NewClient(append(slices.Clone(kopts), kgo.WithHooks(clientMetrics(reg)), kgo.RequiredAcks(kgo.AllISRAcks()),
 			kgo.ClientID(cfg.Kafka.ClientID+"-dlq"), kgo.ProducerLinger(0))...)
 		if err != nil {
 			return fmt.Errorf("creating the dead-letter producer: %w", err)
@@ -392,6 +395,41 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 		log.Info("connector stopped cleanly")
 	}
 	return failure
+}
+
+// clientMetrics are franz-go's own metrics of one Kafka client (kprom):
+// connections, bytes read and written and errors per broker, fetched and
+// produced bytes per topic, buffered records; as ktsink_kafka_*, labelled
+// with the client's id (the consumer "ktsink", the dead-letter producer
+// "ktsink-dlq").
+// kprom's two gauges of buffered records are left out: their names end in
+// _total, which Prometheus reserves for counters (promtool refuses them);
+// the byte gauges beside them stay.
+func clientMetrics(reg *prometheus.Registry) *kprom.Metrics {
+	return kprom.NewMetrics("ktsink_kafka", kprom.Registerer(withoutGaugesNamedTotal{reg}), kprom.Gatherer(reg), kprom.WithClientLabel())
+}
+
+// withoutGaugesNamedTotal registers collectors in a registry, except those
+// that describe a metric named like a counter (…_total) that is not one.
+type withoutGaugesNamedTotal struct{ prometheus.Registerer }
+
+func (r withoutGaugesNamedTotal) Register(c prometheus.Collector) error {
+	if g, ok := c.(prometheus.GaugeFunc); ok {
+		ch := make(chan *prometheus.Desc, 1)
+		g.Describe(ch)
+		if strings.Contains((<-ch).String(), `_total"`) {
+			return nil
+		}
+	}
+	return r.Registerer.Register(c)
+}
+
+func (r withoutGaugesNamedTotal) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
 }
 
 func walOpts(cfg config.Config, log *slog.Logger) []wal.Option {
