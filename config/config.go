@@ -250,6 +250,10 @@ type DLQ struct {
 	// File is the NDJSON copy. Default "data/dlq.ndjson"; "-" turns the
 	// file copy off. At least one copy must be kept.
 	File string `yaml:"file"`
+	// ProduceTimeout bounds one wait for the topic to acknowledge dead
+	// letters; past it the batch is retried (with backoff) and its offsets
+	// stay where they are. Env MDS_DLQ_PRODUCE_TIMEOUT_MS. Default 30s.
+	ProduceTimeout Duration `yaml:"produce_timeout"`
 }
 
 // Metrics is the HTTP endpoint for /metrics, /healthz, /readyz, /status.
@@ -373,7 +377,7 @@ func Default() Config {
 		},
 		Breaker:         Breaker{FailureThreshold: 5, HalfOpenAfter: Duration(10 * time.Second)},
 		WAL:             WAL{Path: "data/ktsink.wal"},
-		DLQ:             DLQ{Topic: "ktsink.dlq", File: "data/dlq.ndjson"},
+		DLQ:             DLQ{Topic: "ktsink.dlq", File: "data/dlq.ndjson", ProduceTimeout: Duration(30 * time.Second)},
 		Metrics:         Metrics{Addr: ":9000", QueuePoll: Duration(250 * time.Millisecond)},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: Duration(30 * time.Second),
@@ -481,6 +485,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.DLQ.Topic == "-" || c.DLQ.Topic == "") && (c.DLQ.File == "-" || c.DLQ.File == "") {
 		bad("dlq", "at least one of dlq.topic and dlq.file must be kept")
+	}
+	if c.DLQ.ProduceTimeout <= 0 {
+		bad("dlq.produce_timeout", "%s is not positive", c.DLQ.ProduceTimeout)
 	}
 	if c.Metrics.QueuePoll <= 0 {
 		bad("metrics.queue_poll", "must be positive, got %s", c.Metrics.QueuePoll)

@@ -785,7 +785,12 @@ func (c *Coordinator) write(ctx context.Context, b *record.Batch) error {
 		attempts++
 		c.m.Retries.Inc()
 		if attempts == 1 || attempts%c.cfg.RetryMaxAttempts == 0 {
-			c.log.Warn("batch write failed; retrying", "batch", b.ID, "attempt", attempts, "err", err)
+			if dl != nil {
+				c.log.Warn("dead letters could not be written: batch held, its offsets not committed; retrying",
+					"batch", b.ID, "spans", spansString(b.Spans), "attempt", attempts, "err", err)
+			} else {
+				c.log.Warn("batch write failed; retrying", "batch", b.ID, "attempt", attempts, "err", err)
+			}
 		}
 		d := bo.NextBackOff()
 		if attempts%c.cfg.RetryMaxAttempts == 0 {
@@ -847,6 +852,7 @@ func (c *Coordinator) deadLetter(ctx context.Context, rej []record.Rejected) err
 		return nil
 	}
 	if err := c.dlq.Write(ctx, rej); err != nil {
+		c.m.DeadLetterFailures.Inc()
 		return &deadLetterError{err: err}
 	}
 	for _, r := range rej {

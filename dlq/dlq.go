@@ -81,6 +81,11 @@ type Config struct {
 	MaxFileBytes int64
 	// Instance names this connector process in every letter.
 	Instance string
+	// ProduceTimeout bounds one Write's wait for the topic to acknowledge
+	// its letters: a topic that cannot take them (no leader, too few
+	// in-sync replicas) fails the Write, to be retried by the caller,
+	// instead of holding it forever. Zero: 30s.
+	ProduceTimeout time.Duration
 }
 
 var (
@@ -98,8 +103,12 @@ type Writer struct {
 	f    *os.File
 	size int64
 	// filed remembers letters already in the file whose topic copy failed,
-	// so a retry does not append them twice.
-	filed map[string]bool
+	// so a retry does not append them twice; produced, letters of a Write
+	// that failed whose topic copy was acknowledged nonetheless, so a
+	// retry does not produce them twice. Both forget a letter once its
+	// Write succeeds.
+	filed    map[string]bool
+	produced map[string]bool
 }
 
 // New opens (creating with mode 0600) the file and returns a Writer.
@@ -114,11 +123,14 @@ func New(cfg Config, producer Producer) (*Writer, error) {
 	if cfg.MaxFileBytes <= 0 {
 		cfg.MaxFileBytes = 64 << 20
 	}
+	if cfg.ProduceTimeout <= 0 {
+		cfg.ProduceTimeout = 30 * time.Second
+	}
 	if cfg.Instance == "" {
 		host, _ := os.Hostname()
 		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	w := &Writer{cfg: cfg, producer: producer, now: time.Now, filed: map[string]bool{}}
+	w := &Writer{cfg: cfg, producer: producer, now: time.Now, filed: map[string]bool{}, produced: map[string]bool{}}
 	if cfg.File != "" {
 		if err := w.openFile(); err != nil {
 			return nil, err
@@ -146,7 +158,12 @@ func (w *Writer) openFile() error {
 
 // Write makes every rejected record durable in each kept copy. It returns
 // only when the file is fsynced and the topic acknowledged them, or with an
-// error (the records must then not be passed).
+// error (the records must then not be passed) — at the latest when
+// ProduceTimeout has passed waiting for the topic. A Write of the same
+// records again (a retry) appends to the file and produces to the topic
+// only the letters that did not make it there the first time. (A letter
+// whose acknowledgement was lost, the broker having written it, is
+// produced again: the topic copy is at least once.)
 func (w *Writer) Write(ctx context.Context, rejected []record.Rejected) error {
 	if len(rejected) == 0 {
 		return nil
@@ -176,7 +193,9 @@ func (w *Writer) Write(ctx context.Context, rejected []record.Rejected) error {
 		}
 		w.mu.Lock()
 		for i := range letters {
-			delete(w.filed, letterKey(&letters[i]))
+			k := letterKey(&letters[i])
+			delete(w.filed, k)
+			delete(w.produced, k)
 		}
 		w.mu.Unlock()
 	}
@@ -237,9 +256,15 @@ func (w *Writer) rotateLocked() error {
 }
 
 func (w *Writer) produce(ctx context.Context, letters []Letter) error {
-	recs := make([]*kgo.Record, len(letters))
+	recs := make([]*kgo.Record, 0, len(letters))
+	keys := make(map[*kgo.Record]string, len(letters))
+	w.mu.Lock()
 	for i := range letters {
 		l := &letters[i]
+		k := letterKey(l)
+		if w.produced[k] {
+			continue
+		}
 		hs := make([]kgo.RecordHeader, 0, len(l.Headers)+10)
 		for _, h := range l.Headers {
 			hs = append(hs, kgo.RecordHeader{Key: h.Key, Value: h.Value})
@@ -256,12 +281,34 @@ func (w *Writer) produce(ctx context.Context, letters []Letter) error {
 			kgo.RecordHeader{Key: HeaderFailedAt, Value: []byte(l.LastFailure.Format(time.RFC3339Nano))},
 			kgo.RecordHeader{Key: HeaderInstance, Value: []byte(l.Instance)},
 		)
-		recs[i] = &kgo.Record{Topic: w.cfg.Topic, Key: l.Key, Value: l.Value, Headers: hs}
+		r := &kgo.Record{Topic: w.cfg.Topic, Key: l.Key, Value: l.Value, Headers: hs}
+		recs = append(recs, r)
+		keys[r] = k
 	}
-	if err := w.producer.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		return fmt.Errorf("dlq: producing to topic %s: %w", w.cfg.Topic, err)
+	w.mu.Unlock()
+	if len(recs) == 0 {
+		return nil
 	}
-	return nil
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.ProduceTimeout)
+	defer cancel()
+	res := w.producer.ProduceSync(ctx, recs...)
+	err := res.FirstErr()
+	if err == nil {
+		return nil
+	}
+	w.mu.Lock()
+	acked := 0
+	for _, r := range res {
+		if r.Err == nil && r.Record != nil && keys[r.Record] != "" {
+			w.produced[keys[r.Record]] = true
+			acked++
+		}
+	}
+	w.mu.Unlock()
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		err = fmt.Errorf("no acknowledgement within %s: %w", w.cfg.ProduceTimeout, err)
+	}
+	return fmt.Errorf("dlq: producing to topic %s (%d of %d letters acknowledged): %w", w.cfg.Topic, acked, len(recs), err)
 }
 
 // Close closes the file.

@@ -7,12 +7,15 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ktsink/connector/record"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func rejected(n int) []record.Rejected {
@@ -148,5 +151,150 @@ func TestTopicOutageKeepsFileAndDoesNotDuplicate(t *testing.T) {
 func TestNeedsOneCopy(t *testing.T) {
 	if _, err := New(Config{}, nil); !errors.Is(err, ErrNoCopy) {
 		t.Fatalf("New with no copies = %v", err)
+	}
+}
+
+// refuseProduce makes the fake cluster answer every produce request that
+// reaches broker node (any broker when node is -1) with code while
+// refusing is set.
+func refuseProduce(fake *kfake.Cluster, refusing *atomic.Bool, node int32, code int16) {
+	fake.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		fake.KeepControl()
+		if !refusing.Load() || (node >= 0 && fake.CurrentNode() != node) {
+			return nil, nil, false
+		}
+		pr := req.(*kmsg.ProduceRequest)
+		resp := pr.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range pr.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition, sp.ErrorCode = rp.Partition, code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+}
+
+// A topic that never acknowledges (NOT_ENOUGH_REPLICAS is retried by the
+// producer without end) fails the Write after ProduceTimeout instead of
+// holding it forever; the file keeps the letters, once, and a later Write
+// puts them in the topic once.
+func TestTopicThatNeverAcknowledgesFailsTheWrite(t *testing.T) {
+	fake, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "ktsink.dlq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	var refusing atomic.Bool
+	refusing.Store(true)
+	refuseProduce(fake, &refusing, -1, kerr.NotEnoughReplicas.Code)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fake.ListenAddrs()...), kgo.ConsumeTopics("ktsink.dlq"),
+		kgo.RetryBackoffFn(func(int) time.Duration { return 10 * time.Millisecond }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	path := filepath.Join(t.TempDir(), "dlq.ndjson")
+	w, err := New(Config{File: path, Topic: "ktsink.dlq", ProduceTimeout: 500 * time.Millisecond}, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	rej := rejected(2)
+	for range 3 {
+		done := make(chan error, 1)
+		go func() { done <- w.Write(context.Background(), rej) }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, kerr.NotEnoughReplicas) && !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Write to a topic that never acknowledges = %v, want its error", err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("Write to a topic that never acknowledges still waits after a minute")
+		}
+	}
+	if letters, _ := ReadFile(path); len(letters) != 2 {
+		t.Fatalf("file holds %d letters after three failed Writes, want 2", len(letters))
+	}
+	refusing.Store(false)
+	if err := w.Write(context.Background(), rej); err != nil {
+		t.Fatal(err)
+	}
+	if letters, _ := ReadFile(path); len(letters) != 2 {
+		t.Fatalf("file holds %d letters, want 2", len(letters))
+	}
+	if got := pollN(t, cl, 2); len(got) != 2 {
+		t.Fatalf("topic holds %d letters, want 2", len(got))
+	}
+}
+
+// Letters the topic acknowledged in a Write that failed for others are not
+// produced again by the retry.
+func TestRetryProducesOnlyTheLettersNotAcknowledged(t *testing.T) {
+	fake, err := kfake.NewCluster(kfake.NumBrokers(2), kfake.SeedTopics(2, "ktsink.dlq"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	if fake.LeaderFor("ktsink.dlq", 0) == fake.LeaderFor("ktsink.dlq", 1) {
+		other := fake.LeaderFor("ktsink.dlq", 0) ^ 1
+		if err := fake.MoveTopicPartition("ktsink.dlq", 1, other); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var refusing atomic.Bool
+	refusing.Store(true)
+	refuseProduce(fake, &refusing, fake.LeaderFor("ktsink.dlq", 1), kerr.TopicAuthorizationFailed.Code)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fake.ListenAddrs()...), kgo.ConsumeTopics("ktsink.dlq"),
+		kgo.RecordPartitioner(kgo.RoundRobinPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	w, err := New(Config{File: filepath.Join(t.TempDir(), "dlq.ndjson"), Topic: "ktsink.dlq"}, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	rej := rejected(6)
+	if err := w.Write(context.Background(), rej); err == nil {
+		t.Fatal("Write succeeded with one of two partitions refusing")
+	}
+	refusing.Store(false)
+	if err := w.Write(context.Background(), rej); err != nil {
+		t.Fatal(err)
+	}
+	got := pollN(t, cl, 6)
+	seen := map[string]int{}
+	for _, r := range got {
+		for _, h := range r.Headers {
+			if h.Key == HeaderOffset {
+				seen[string(h.Value)]++
+			}
+		}
+	}
+	if len(got) != 6 || len(seen) != 6 {
+		t.Fatalf("topic holds %d letters for %d records (%v), want each of 6 once", len(got), len(seen), seen)
+	}
+}
+
+// pollN reads until n records arrived, or 5 more seconds passed after the
+// last one, and returns what it read.
+func pollN(t *testing.T, cl *kgo.Client, n int) []*kgo.Record {
+	t.Helper()
+	var got []*kgo.Record
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		rs := fs.Records()
+		got = append(got, rs...)
+		if len(rs) == 0 && (len(got) >= n || ctx.Err() != nil) {
+			return got
+		}
 	}
 }

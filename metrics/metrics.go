@@ -55,6 +55,7 @@ type Metrics struct {
 	WALPending         prometheus.Gauge
 	WALFileBytes       prometheus.Gauge
 	WALInDoubt         prometheus.Counter
+	DeadLetterFailures prometheus.Counter
 }
 
 // New creates the collectors and registers them on reg (nil: not
@@ -149,6 +150,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		WALInDoubt: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ktsink_wal_in_doubt_batches_total", Help: "Batches found pending in the WAL on assignment (re-read and re-applied).",
 		}),
+		DeadLetterFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ktsink_dead_letter_write_failures_total", Help: "Failed attempts to make dead letters durable (file or topic); the records they carry are held, their offsets not committed, and retried.",
+		}),
 	}
 	if reg != nil {
 		for _, c := range m.collectors() {
@@ -199,6 +203,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.RecordsConsumed, m.RecordsWritten, m.RecordsDeadLetter, m.Tombstones,
 		m.EndToEndLatency, m.ConsumerLag, m.OffsetCommits, m.Rebalances, m.PausedPartitions,
 		m.FetchPaused, m.Retries, m.BreakerTransitions, m.WALPending, m.WALFileBytes, m.WALInDoubt,
+		m.DeadLetterFailures,
 	}
 }
 

@@ -29,6 +29,12 @@
 #                            connector reads, so one environment serves both)
 #   scripts/kafka.sh down-sasl   give up this caller's use of it (as down)
 #   scripts/kafka.sh env-sasl    print KAFKA_BROKERS=… of the SASL_SSL listener
+#   scripts/kafka.sh stop    stop the broker `up` started (kill: with SIGKILL)
+#                            and keep its data and leases; `start` brings it
+#                            back on the same port and data (for tests of a
+#                            broker restart: run `up` on a port of their own)
+#   scripts/kafka.sh stop3 N the same for node N (1-3) of the cluster;
+#                            kill3 N, start3 N
 #
 # Topics are not created automatically (auto.create.topics.enable=false): a
 # test or the connector that needs a topic creates it, so a misspelt topic
@@ -143,7 +149,7 @@ start_node() {
     echo "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     common_props "$dir" "$id" "$voters" "$rf"
   } >"$dir/server.properties"
-  launch_node "$dir" "$id" "$cluster"
+  format_node "$dir" "$id" "$cluster"
 }
 
 # common_props prints the settings every node shares.
@@ -176,11 +182,11 @@ num.io.threads=4
 PROPS
 }
 
-# launch_node writes the logging configuration into the state folder $1,
+# format_node writes the logging configuration into the state folder $1,
 # formats the node's storage (further arguments go to the storage tool) and
-# starts the node in the background.
-#   launch_node DIR NODE_ID CLUSTER_ID [FORMAT_ARGS...]
-launch_node() {
+# starts the node in the background (launch_node).
+#   format_node DIR NODE_ID CLUSTER_ID [FORMAT_ARGS...]
+format_node() {
   local dir=$1 id=$2 cluster=$3
   shift 3
   cat >"$dir/log4j2.yaml" <<LOG
@@ -205,13 +211,20 @@ LOG
   java -Dlog4j2.configurationFile="$dir/log4j2.yaml" -cp "$libs/*" kafka.tools.StorageTool format \
     -t "$cluster" -c "$dir/server.properties" "$@" >"$dir/format.log" 2>&1 ||
     { say "formatting storage for node $id failed:"; cat "$dir/format.log" >&2; return 1; }
+  launch_node "$dir"
+  echo "$version" >"$dir/version"
+}
+
+# launch_node starts the broker configured in state folder $1 in the
+# background, on the data already there, and records its pid.
+launch_node() {
+  local dir=$1
   # The broker must not inherit the locks (fds 8 and 9).
   # shellcheck disable=SC2086 # $heap is a list of JVM options
   nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
-    -cp "$libs/*" kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 </dev/null 8>&- 9>&- &
+    -cp "$libs/*" kafka.Kafka "$dir/server.properties" >>"$dir/stdout.log" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$dir/pid"
-  echo "$version" >"$dir/version"
 }
 
 # fail_start reports a broker that did not become ready, with the end of
@@ -324,6 +337,58 @@ down() {
   )
 }
 
+# halt_node stops the broker of state folder $1 with signal $2 (TERM: a
+# clean shutdown, waited for up to 30 s before KILL; KILL: a crash) and
+# keeps its data, configuration and leases, so that restart_node brings the
+# same broker back.
+halt_node() {
+  local dir=$1 sig=$2 pid
+  [ -f "$dir/server.properties" ] || die "no broker scripts/kafka.sh started in $dir"
+  if ! ours_running "$dir"; then
+    say "the broker of $dir is not running"
+    return
+  fi
+  pid=$(cat "$dir/pid")
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    if ! kill -0 "$pid" 2>/dev/null || [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" = Z ]; then
+      say "stopped the broker of $dir (pid $pid, SIG$sig); its data is kept"
+      return
+    fi
+    sleep 0.2
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  say "killed the broker of $dir (pid $pid): SIG$sig did not stop it within 30s; its data is kept"
+}
+
+# restart_node starts the broker of state folder $1 again on its kept data
+# and waits until $2 (comma-separated brokers) answers listing $3 brokers.
+restart_node() {
+  local dir=$1 out
+  [ -f "$dir/server.properties" ] || die "no broker scripts/kafka.sh started in $dir"
+  if ours_running "$dir"; then
+    say "the broker of $dir is already running"
+    return
+  fi
+  fetch
+  say "restarting the broker of $dir"
+  launch_node "$dir"
+  out=$(ready "$2" "${wait_s}s" "$3") || {
+    say "the broker of $dir was not ready within ${wait_s}s after a restart; last lines of $dir/broker.log:"
+    tail -n 30 "$dir/broker.log" >&2 2>/dev/null || true
+    exit 1
+  }
+  say "ready: $out"
+}
+
+# node3 prints the state folder of node $1 (1, 2 or 3) of the cluster.
+node3() {
+  case "${1:-}" in
+    1 | 2 | 3) echo "$cluster3/node-$1" ;;
+    *) die "name the node: 1, 2 or 3" ;;
+  esac
+}
+
 print_env() {
   echo "KAFKA_BROKERS=$1"
   if [ -f "$2/version" ]; then echo "KAFKA_VERSION=$(cat "$2/version")"; fi
@@ -386,7 +451,7 @@ up_sasl() {
     common_props "$state" 1 "1@127.0.0.1:$((p + 2))" 1
   } >"$state/server.properties"
   chmod 600 "$state/server.properties" "$state/keystore.pem"
-  launch_node "$state" 1 "$(cluster_id)" \
+  format_node "$state" 1 "$(cluster_id)" \
     --add-scram "SCRAM-SHA-256=[name=$user,password=$pass]" \
     --add-scram "SCRAM-SHA-512=[name=$user,password=$pass]" ||
     fail_start "Apache Kafka with SASL_SSL could not be started" "$state"
@@ -408,10 +473,32 @@ case "${1:-}" in
   up3) up3 ;;
   down) down ;;
   fetch) fetch ;;
-  env) print_env "127.0.0.1:$port" "$root/.cache/run/kafka-$port" ;;
+  env) print_env "127.0.0.1:$port" "$run_dir/kafka-$port" ;;
   env3) print_env "$(brokers3)" "$(nodes3 | head -n 1)" ;;
   up-sasl) up_sasl ;;
   down-sasl) down_sasl ;;
   env-sasl) print_env "127.0.0.1:$sasl_port" "$run_dir/kafka-sasl-$sasl_port" ;;
-  *) echo "usage: $0 up|up3|down|env|env3|fetch|up-sasl|down-sasl|env-sasl" >&2; exit 2 ;;
+  stop | kill)
+    lock_service "kafka-$port"
+    sig=TERM
+    [ "$1" = kill ] && sig=KILL
+    halt_node "$run_dir/kafka-$port" "$sig"
+    ;;
+  start)
+    lock_service "kafka-$port"
+    restart_node "$run_dir/kafka-$port" "127.0.0.1:$port" 1
+    ;;
+  stop3 | kill3)
+    dir=$(node3 "${2:-}") || exit 2
+    lock_service "kafka3-$port3"
+    sig=TERM
+    [ "$1" = kill3 ] && sig=KILL
+    halt_node "$dir" "$sig"
+    ;;
+  start3)
+    dir=$(node3 "${2:-}") || exit 2
+    lock_service "kafka3-$port3"
+    restart_node "$dir" "$(brokers3)" 3
+    ;;
+  *) echo "usage: $0 up|up3|down|env|env3|fetch|stop|kill|start|stop3 N|kill3 N|start3 N|up-sasl|down-sasl|env-sasl" >&2; exit 2 ;;
 esac

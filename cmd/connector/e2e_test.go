@@ -52,10 +52,16 @@ type env struct {
 
 func newEnv(t *testing.T, partitions int32) *env {
 	t.Helper()
-	brokers := testenv.Kafka(t)
+	return newEnvOn(t, testenv.Kafka(t), partitions, 1, nil)
+}
+
+// newEnvOn is newEnv on the given brokers, with a topic of the given
+// replication factor and configs.
+func newEnvOn(t *testing.T, brokers []string, partitions int32, replicas int16, topicConfigs map[string]*string) *env {
+	t.Helper()
 	dsn := testenv.Postgres(t)
 	e := &env{t: t, brokers: brokers, dir: t.TempDir()}
-	e.topic = testenv.NewTopic(t, brokers, partitions)
+	e.topic = testenv.NewTopicWith(t, brokers, partitions, replicas, topicConfigs)
 	e.group = "g-" + e.topic
 	e.dsn, e.schema = testenv.PGSchema(t, dsn)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(5*time.Millisecond),

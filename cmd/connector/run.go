@@ -315,7 +315,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 	if producer != nil {
 		dp = producer
 	}
-	dw, err := dlq.New(dlq.Config{Topic: dlqTopic, File: dlqFile}, dp)
+	dw, err := dlq.New(dlq.Config{Topic: dlqTopic, File: dlqFile, ProduceTimeout: time.Duration(cfg.DLQ.ProduceTimeout)}, dp)
 	if err != nil {
 		return err
 	}

@@ -215,6 +215,13 @@ func Name(t testing.TB, prefix string) string {
 // topic when the test ends.
 func NewTopic(t testing.TB, brokers []string, partitions int32) string {
 	t.Helper()
+	return NewTopicWith(t, brokers, partitions, 1, nil)
+}
+
+// NewTopicWith is NewTopic with a replication factor and topic configs
+// (such as min.insync.replicas).
+func NewTopicWith(t testing.TB, brokers []string, partitions int32, replicas int16, configs map[string]*string) string {
+	t.Helper()
 	topic := Name(t, "test")
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
@@ -236,7 +243,7 @@ func NewTopic(t testing.TB, brokers []string, partitions int32) string {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := adm.CreateTopic(ctx, partitions, 1, nil, topic)
+	resp, err := adm.CreateTopic(ctx, partitions, replicas, configs, topic)
 	if err == nil {
 		err = resp.Err
 	}
