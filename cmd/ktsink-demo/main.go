@@ -71,6 +71,11 @@ func run(n int64, rate float64, partitions int32, bin, addr string, out io.Write
 	if err != nil {
 		return fmt.Errorf("creating topics %s: %w", strings.Join(topics, ", "), err)
 	}
+	// the connector subscribes to topics that the brokers already serve:
+	// one it learns of late would start seconds behind the others
+	if err := waitTopics(ctx, adm, topics, partitions); err != nil {
+		return err
+	}
 	db, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		return err
@@ -219,6 +224,34 @@ topics:
 	}
 	fmt.Fprintf(out, "  result    OK: every produced record is in its table, offsets committed to the end\n")
 	return nil
+}
+
+// waitTopics waits until every partition of the topics has a leader.
+func waitTopics(ctx context.Context, adm *kadm.Client, topics []string, partitions int32) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		td, err := adm.ListTopics(ctx, topics...)
+		ready := err == nil
+		for _, t := range topics {
+			d, ok := td[t]
+			if !ok || d.Err != nil || int32(len(d.Partitions)) != partitions {
+				ready = false
+				break
+			}
+			for _, p := range d.Partitions {
+				if p.Err != nil || p.Leader < 0 {
+					ready = false
+				}
+			}
+		}
+		if ready {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("topics %s not served by the brokers 30s after their creation (last error: %v)", strings.Join(topics, ", "), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func rateText(rate float64) string {
