@@ -18,6 +18,8 @@ import (
 	"github.com/ktsink/connector/coordinator"
 	"github.com/ktsink/connector/loadgen"
 	"github.com/ktsink/connector/record"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -64,6 +66,7 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	symbols := fs.Int("symbols", 500, "distinct symbols (underlyings for options)")
 	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same records")
 	updates := fs.Float64("updates", 0, "share of records that update an earlier key, 0 to 1")
+	partitions := fs.Int("partitions", 8, "partitions of a topic that does not exist yet (it is created); 0 to require existing topics")
 	if err := fs.Parse(args); err != nil {
 		return &usageError{err}
 	}
@@ -117,6 +120,19 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("creating producer: %w", err)
 	}
 	defer cl.Close()
+	dests := make([]string, len(kinds))
+	for i, k := range kinds {
+		dests[i] = k
+		switch {
+		case *kind == "all":
+			dests[i] = *topic + k
+		case *topic != "":
+			dests[i] = *topic
+		}
+	}
+	if err := ensureTopics(ctx, cl, dests, int32(*partitions), stderr); err != nil {
+		return err
+	}
 	start := time.Now()
 	type result struct {
 		kind, topic string
@@ -127,13 +143,7 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	results := make([]result, len(kinds))
 	var wg sync.WaitGroup
 	for i, k := range kinds {
-		to := k
-		switch {
-		case *kind == "all":
-			to = *topic + k
-		case *topic != "":
-			to = *topic
-		}
+		to := dests[i]
 		wg.Go(func() {
 			n, err := loadgen.Produce(ctx, cl, gens[i], loadgen.Options{
 				Topic: to, Count: *count, Duration: *dur, Rate: *rate,
@@ -152,4 +162,33 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		errs = append(errs, r.err)
 	}
 	return errors.Join(errs...)
+}
+
+// ensureTopics creates the topics that do not exist, with the given number
+// of partitions and the brokers' default replication; with partitions 0 a
+// missing topic is an error. Without it a producer would wait out its
+// retries on a broker that does not create topics itself.
+func ensureTopics(ctx context.Context, cl *kgo.Client, topics []string, partitions int32, stderr io.Writer) error {
+	adm := kadm.NewClient(cl)
+	td, err := adm.ListTopics(ctx, topics...)
+	if err != nil {
+		return fmt.Errorf("listing topics: %w", err)
+	}
+	for _, t := range topics {
+		if d, ok := td[t]; ok && d.Err == nil {
+			continue
+		}
+		if partitions <= 0 {
+			return fmt.Errorf("topic %s does not exist (-partitions N creates it)", t)
+		}
+		resp, err := adm.CreateTopic(ctx, partitions, -1, nil, t)
+		if err == nil {
+			err = resp.Err
+		}
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("creating topic %s: %w", t, err)
+		}
+		fmt.Fprintf(stderr, "loadgen: created topic %s with %d partitions\n", t, partitions)
+	}
+	return nil
 }
