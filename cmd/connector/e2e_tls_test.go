@@ -8,8 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -261,26 +259,5 @@ func runConnectorCmd(t *testing.T, env []string, args ...string) string {
 // the range of the services this package's tests start themselves.
 func freePortRun(t *testing.T, n int) int {
 	t.Helper()
-	const lo, hi = 45400, 45499
-	start := lo + mrand.IntN(hi-lo+1)
-	for i := range hi - lo + 1 {
-		base := lo + (start-lo+i)%(hi-lo+1)
-		if base+n-1 > hi {
-			continue
-		}
-		free := true
-		for p := base; p < base+n && free; p++ {
-			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				free = false
-				continue
-			}
-			ln.Close()
-		}
-		if free {
-			return base
-		}
-	}
-	t.Fatalf("no %d consecutive free ports in %d-%d", n, lo, hi)
-	return 0
+	return freePortRange(t, 45400, 45500, n)
 }
