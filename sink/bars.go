@@ -94,6 +94,9 @@ func decodeBar(rec *record.Record, row []any) error {
 	if b.set&(1<<fSymbol) == 0 || b.symbol == "" {
 		return errors.New(`field "symbol": missing`)
 	}
+	if err := storableText(b.symbol); err != nil {
+		return fmt.Errorf(`field "symbol": %w`, err)
+	}
 	if b.set&(1<<fTS) == 0 {
 		return errors.New(`field "ts": missing`)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"time"
@@ -197,11 +198,20 @@ func appendCopyValue(buf []byte, k copyKind, v any) ([]byte, error) {
 // copyRows copies rows into table (sanitized name in sql) with the sink's
 // own binary encoder when every value allows it, else with pgx's CopyFrom.
 func copyRows(ctx context.Context, tx pgx.Tx, t *target, id pgx.Identifier, sql string, rows [][]any) error {
-	if t.fastCopy && !t.typesDiffer.Load() {
+	if t.fastCopy && t.types.Load() == typesSame {
 		if conn := tx.Conn(); conn != nil {
 			data, err := encodeCopy(make([]byte, 0, 64+len(rows)*t.rowSizeHint), t.copyKinds, rows)
 			if err == nil {
 				_, err = conn.PgConn().CopyFrom(ctx, bytes.NewReader(data), sql)
+				if code, _ := sqlState(err); code == "22P03" || code == "08P01" {
+					// the server cannot read what the encoder
+					// wrote (invalid_binary_representation, or
+					// protocol_violation for a value of the wrong
+					// size): the table's types changed under it;
+					// pgx encodes by the table's types from now on
+					t.types.Store(typesDiffer)
+					return fmt.Errorf("%w: %w", errEncoderRefused, err)
+				}
 				return err
 			}
 			if !errors.Is(err, errCopyFallback) {

@@ -575,3 +575,55 @@ func TestCopyFirst(t *testing.T) {
 		t.Fatalf("%d rows, want %d", n, 150+50+9)
 	}
 }
+
+// TestOwnCopyEncoderOnlyWhereTypesMatch: the sink's own binary COPY
+// encodes by the definition's types, so it must not write a table whose
+// columns are of other types: not when Migrate never ran (a dead-letter
+// replay builds a Writer and writes), nor after a column's type changed
+// under a running Writer. The values land exact either way.
+func TestOwnCopyEncoderOnlyWhereTypesMatch(t *testing.T) {
+	ctx := context.Background()
+	check := func(t *testing.T, e *pgEnv) {
+		t.Helper()
+		var open, close string
+		var volume string
+		err := e.pool.QueryRow(ctx, "SELECT open::text, close::text, volume::text FROM "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" WHERE symbol = 'A'").
+			Scan(&open, &close, &volume)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if open != "1.25" || close != "1.75" || volume != "42" {
+			t.Errorf("open %s close %s volume %s, want 1.25 1.75 42", open, close, volume)
+		}
+	}
+	t.Run("without migrate", func(t *testing.T) {
+		e := newPGEnv(t, 1)
+		e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+
+			" (symbol text, ts timestamptz, open numeric, high numeric, low numeric, close numeric, volume numeric, PRIMARY KEY (symbol, ts))")
+		w, err := New(e.pool, Config{Tables: map[string]Table{"bars": Bars(e.schema, "bars")}, OffsetsSchema: e.schema})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c collector
+		if err := w.Write(ctx, barBatch(1, "bars", 0, 0, 1, func(int) []byte { return barJSON("A", t0, 1.25, 42) }), c.reject); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.got) > 0 {
+			t.Fatalf("rejected %v", c.got)
+		}
+		check(t, e)
+	})
+	t.Run("type changed after migrate", func(t *testing.T) {
+		e := newPGEnv(t, 1)
+		w := newBarsWriter(t, e, ModeUpsert, defaultUnnestMax)
+		e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ALTER COLUMN open TYPE numeric, ALTER COLUMN close TYPE numeric")
+		var c collector
+		if err := w.Write(ctx, barBatch(1, "bars", 0, 0, 1, func(int) []byte { return barJSON("A", t0, 1.25, 42) }), c.reject); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.got) > 0 {
+			t.Fatalf("rejected %v", c.got)
+		}
+		check(t, e)
+	})
+}

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/ktsink/connector/record"
@@ -307,6 +309,9 @@ func (f *mapField) convert(v any) (any, error) {
 	case vText:
 		switch x := v.(type) {
 		case string:
+			if err := storableText(x); err != nil {
+				return nil, err
+			}
 			return x, nil
 		case json.Number:
 			return string(x), nil
@@ -319,11 +324,7 @@ func (f *mapField) convert(v any) (any, error) {
 		if !ok {
 			return nil, wantGot("a number", v)
 		}
-		var n pgtype.Numeric
-		if err := n.Scan(s); err != nil {
-			return nil, fmt.Errorf("want a number, got %q", s)
-		}
-		return n, nil
+		return parseNumeric(s)
 	case vFloat:
 		s, ok := numberText(v)
 		if !ok {
@@ -393,6 +394,9 @@ func (f *mapField) convert(v any) (any, error) {
 			s, ok := e.(string)
 			if !ok {
 				return nil, fmt.Errorf("element %d: %w", i, wantGot("a string", e))
+			}
+			if err := storableText(s); err != nil {
+				return nil, fmt.Errorf("element %d: %w", i, err)
 			}
 			out[i] = s
 		}
@@ -464,6 +468,54 @@ func epoch(s string, unit int64, integral bool) (time.Time, error) {
 	return time.Unix(0, ns).UTC(), nil
 }
 
+// storableText refuses a string PostgreSQL text cannot hold: one that is
+// not UTF-8, or holds a NUL.
+func storableText(s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("text %s is not valid UTF-8", short(strconv.Quote(s)))
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return fmt.Errorf("text %s holds a NUL character, which PostgreSQL text cannot store", short(strconv.Quote(s)))
+	}
+	return nil
+}
+
+// maxNumericExp bounds the decimal exponent of a numeric read from JSON
+// (PostgreSQL's numeric holds 131072 digits before the point and 16383
+// after), so that 1e999999999 is refused here rather than expanded.
+const maxNumericExp = 140000
+
+// parseNumeric reads a decimal number exactly: digits with an optional
+// point and exponent (1.50, -2e-3), NaN, Infinity, -Infinity.
+func parseNumeric(s string) (pgtype.Numeric, error) {
+	bad := fmt.Errorf("want a number, got %s", short(strconv.Quote(s)))
+	var n pgtype.Numeric
+	mant, expText, hasExp := strings.Cut(strings.ToLower(s), "e")
+	if !hasExp || strings.Contains(mant, "inf") {
+		if err := n.Scan(s); err != nil {
+			return n, bad
+		}
+		return n, nil
+	}
+	exp, err := strconv.ParseInt(expText, 10, 32)
+	if err != nil {
+		return n, bad
+	}
+	whole, frac, _ := strings.Cut(mant, ".")
+	if whole == "" || whole == "-" || whole == "+" || strings.ContainsAny(frac, "+-") {
+		return n, bad
+	}
+	i, ok := new(big.Int).SetString(whole+frac, 10)
+	if !ok {
+		return n, bad
+	}
+	exp -= int64(len(frac))
+	if exp > maxNumericExp || exp < -maxNumericExp {
+		return n, fmt.Errorf("number %s is out of range for numeric", short(s))
+	}
+	return pgtype.Numeric{Int: i, Exp: int32(exp), Valid: true}, nil
+}
+
 func numberText(v any) (string, bool) {
 	switch x := v.(type) {
 	case json.Number:
@@ -478,14 +530,16 @@ func wantGot(want string, v any) error {
 	return fmt.Errorf("want %s, got %s", want, jsonKind(v))
 }
 
+// short cuts s for an error message.
+func short(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
 // jsonKind names a decoded JSON value in an error, briefly.
 func jsonKind(v any) string {
-	short := func(s string) string {
-		if len(s) > 40 {
-			return s[:40] + "…"
-		}
-		return s
-	}
 	switch x := v.(type) {
 	case nil:
 		return "null"
@@ -525,10 +579,14 @@ func (k *keyDecoder) decode(key []byte, row []any) error {
 		case key[0] == '{':
 			// an object: read below
 		case key[0] == '"' && json.Unmarshal(key, &s) == nil:
-			row[k.idx[0]] = s
-			return nil
 		default:
-			row[k.idx[0]] = string(key)
+			s = string(key)
+		}
+		if key[0] != '{' {
+			if err := storableText(s); err != nil {
+				return fmt.Errorf("key: %w", err)
+			}
+			row[k.idx[0]] = s
 			return nil
 		}
 	}

@@ -135,3 +135,67 @@ func TestMappedRejectsBadDefinitions(t *testing.T) {
 		}
 	}
 }
+
+// TestParseNumeric: numbers read exactly, with exponents, and what is not a
+// number, or is beyond numeric's range, refused.
+func TestParseNumeric(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"1", "1"}, {"1.50", "1.50"}, {"-0.5e1", "-5"}, {"300e-2", "3.00"}, {"2.5E+2", "250"},
+		{"1e-3", "0.001"}, {"NaN", "NaN"}, {"Infinity", "Infinity"}, {"-Infinity", "-Infinity"},
+	} {
+		n, err := parseNumeric(tt.in)
+		if err != nil {
+			t.Errorf("parseNumeric(%q): %v", tt.in, err)
+			continue
+		}
+		v, err := n.Value()
+		if err != nil || v != tt.want {
+			t.Errorf("parseNumeric(%q) = %v (%v), want %s", tt.in, v, err, tt.want)
+		}
+	}
+	for _, in := range []string{"", "e5", "1e", "1.2.3e1", "abc", "1e999999999", "1e-999999", ".e1", "1e1.5", "1.-2e1"} {
+		if n, err := parseNumeric(in); err == nil {
+			t.Errorf("parseNumeric(%q) = %+v, want an error", in, n)
+		}
+	}
+}
+
+// TestAppendKeyCanonical: values PostgreSQL holds equal as keys encode
+// alike; values it holds different do not.
+func TestAppendKeyCanonical(t *testing.T) {
+	num := func(s string) any {
+		n, err := parseNumeric(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	enc := func(v any, k keyKind) string { return string(appendKey(nil, v, k)) }
+	for _, tt := range []struct {
+		a, b  any
+		kind  keyKind
+		equal bool
+	}{
+		{num("1"), num("1.0"), keyPlain, true},
+		{num("10e-1"), num("1.000"), keyPlain, true},
+		{num("0"), num("0.00"), keyPlain, true},
+		{num("-0e3"), num("0"), keyPlain, true},
+		{num("10"), num("1"), keyPlain, false},
+		{num("-1"), num("1"), keyPlain, false},
+		{num("NaN"), num("NaN"), keyPlain, true},
+		{num("Infinity"), num("-Infinity"), keyPlain, false},
+		{"ab", "ab  ", keyBlankPadded, true},
+		{"ab", "ab  ", keyPlain, false},
+		{" ab", "ab", keyBlankPadded, false},
+	} {
+		if got := enc(tt.a, tt.kind) == enc(tt.b, tt.kind); got != tt.equal {
+			t.Errorf("%v and %v (kind %d): equal %v, want %v", tt.a, tt.b, tt.kind, got, tt.equal)
+		}
+	}
+	for typ, want := range map[string]keyKind{"char(4)": keyBlankPadded, "character": keyBlankPadded, "bpchar": keyBlankPadded,
+		"varchar(4)": keyPlain, "timestamp(3)": keyWallTime, "timestamp without time zone": keyWallTime, "timestamptz": keyPlain} {
+		if got := keyKindOf(typ); got != want {
+			t.Errorf("keyKindOf(%q) = %d, want %d", typ, got, want)
+		}
+	}
+}

@@ -221,6 +221,13 @@ type Writer struct {
 	logAbsent sync.Once
 }
 
+// The states of target.types.
+const (
+	typesUnchecked int32 = iota
+	typesSame
+	typesDiffer
+)
+
 const (
 	tsUnknown int32 = iota
 	tsAbsent
@@ -242,10 +249,10 @@ type target struct {
 	ident    string         // sanitized
 	def      Table          // as configured, Mode defaulted
 	cols     []string
-	keyIdx   []int  // column index of each key column
-	wallTime []bool // per key column: a timestamp without time zone
-	upsert   bool   // ON CONFLICT (key) DO UPDATE/NOTHING; collapse keys
-	unnestOK bool   // no array column (unnest would flatten it)
+	keyIdx   []int     // column index of each key column
+	keyKinds []keyKind // per key column: how its values compare (appendKey)
+	upsert   bool      // ON CONFLICT (key) DO UPDATE/NOTHING; collapse keys
+	unnestOK bool      // no array column (unnest would flatten it)
 
 	createTable string
 	stageID     pgx.Identifier
@@ -254,6 +261,7 @@ type target struct {
 	moveStage   string // the same, emptying the staging table (savepoint bisection)
 	fromUnnest  string // INSERT … SELECT FROM unnest($1::t[], …) ON CONFLICT …
 	deleteKeys  string // DELETE … USING unnest($1::k1[], …) matching the key
+	deleteOne   string // DELETE … WHERE k1 = $1 AND …: one key
 
 	// the sink's own binary COPY encoder (copy.go), when every column's
 	// type is one it knows
@@ -265,10 +273,12 @@ type target struct {
 
 	copyFirst copyFirstState // upserts: whether to try a plain COPY first
 
-	// typesDiffer is set by Migrate when an existing table's column types
-	// differ from the definition's (but can take its values): the sink's
-	// own COPY encoder, which encodes by the definition, is then not used.
-	typesDiffer atomic.Bool
+	// types says whether the table's column types are the definition's
+	// (typesSame), which the sink's own COPY encoder needs because it
+	// encodes by the definition: learnt by Migrate, or by the first write
+	// when Migrate did not run (a dead-letter replay), and turned to
+	// typesDiffer when the server refuses the encoder's data (22P03).
+	types atomic.Int32
 
 	topics []string // that land here, for messages
 }
@@ -482,9 +492,7 @@ func newTarget(def Table) *target {
 		quotedKey[i] = pgx.Identifier{k}.Sanitize()
 		ci := slices.IndexFunc(def.Columns, func(c Column) bool { return c.Name == k })
 		t.keyIdx = append(t.keyIdx, ci)
-		typ := strings.ToLower(def.Columns[ci].Type)
-		t.wallTime = append(t.wallTime, strings.HasPrefix(typ, "timestamp") &&
-			typ != "timestamptz" && !strings.Contains(typ, "with time zone"))
+		t.keyKinds = append(t.keyKinds, keyKindOf(def.Columns[ci].Type))
 	}
 	cols := strings.Join(quoted, ", ")
 
@@ -535,13 +543,15 @@ func newTarget(def Table) *target {
 	t.moveStage = fmt.Sprintf("WITH s AS (DELETE FROM %s RETURNING %s) INSERT INTO %s (%s) SELECT %s FROM s%s",
 		stage, cols, t.ident, cols, cols, conflict)
 	if len(def.Key) > 0 {
-		var keyCasts, match []string
+		var keyCasts, match, matchOne []string
 		for i := range def.Key {
 			keyCasts = append(keyCasts, fmt.Sprintf("$%d::%s", i+1, arrayParamType(def.Columns[t.keyIdx[i]].Type)))
 			match = append(match, fmt.Sprintf("t.%s = d.%s", quotedKey[i], quotedKey[i]))
+			matchOne = append(matchOne, fmt.Sprintf("%s = $%d", quotedKey[i], i+1))
 		}
 		t.deleteKeys = fmt.Sprintf("DELETE FROM %s AS t USING unnest(%s) AS d(%s) WHERE %s",
 			t.ident, strings.Join(keyCasts, ", "), strings.Join(quotedKey, ", "), strings.Join(match, " AND "))
+		t.deleteOne = fmt.Sprintf("DELETE FROM %s WHERE %s", t.ident, strings.Join(matchOne, " AND "))
 	}
 	t.fromUnnest = fmt.Sprintf("INSERT INTO %s (%s) SELECT * FROM unnest(%s)%s", t.ident, cols, strings.Join(casts, ", "), conflict)
 	return t
@@ -705,10 +715,40 @@ func createIndex(t *target, ix Index) string {
 
 // checkTable compares an existing table with its definition: every column
 // present, each of a type that can take the values written to it, and for
-// upserts a unique index on the key. A type that differs but takes the
-// values by an implicit or assignment cast (or any type into a string
-// column) is accepted, and turns the sink's own COPY encoder off.
+// upserts a unique index on the key.
 func checkTable(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
+	problems, err := checkColumns(ctx, tx, t)
+	if err != nil {
+		return nil, err
+	}
+	if t.upsert {
+		where := fmt.Sprintf("topic %s, table %s", strings.Join(t.topics, ", "), t.name)
+		var ok bool
+		err := tx.QueryRow(ctx, `SELECT EXISTS (
+	SELECT 1 FROM pg_index i
+	WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid
+		AND i.indpred IS NULL AND i.indexprs IS NULL
+		AND i.indnkeyatts = cardinality($2::text[])
+		AND NOT EXISTS (
+			SELECT 1 FROM generate_series(0, i.indnkeyatts - 1) g
+			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[g]
+			WHERE NOT a.attname::text = ANY ($2::text[])))`, t.ident, t.def.Key).Scan(&ok)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			problems = append(problems, fmt.Errorf("%s: no unique index on (%s) for ON CONFLICT", where, strings.Join(t.def.Key, ", ")))
+		}
+	}
+	return problems, nil
+}
+
+// checkColumns compares the columns of an existing table with the
+// definition: every column present, of a type that can take the values.
+// A type that differs but takes the values by an implicit or assignment
+// cast (or any type into a string column) is accepted, and turns the
+// sink's own COPY encoder off (t.types).
+func checkColumns(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
 	types := make([]string, len(t.def.Columns))
 	for i, c := range t.def.Columns {
 		types[i] = c.Type
@@ -745,24 +785,10 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid`, t.ident, t.cols, types)
 	if err != nil {
 		return nil, err
 	}
-	t.typesDiffer.Store(differ)
-	if t.upsert {
-		var ok bool
-		err := tx.QueryRow(ctx, `SELECT EXISTS (
-	SELECT 1 FROM pg_index i
-	WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid
-		AND i.indpred IS NULL AND i.indexprs IS NULL
-		AND i.indnkeyatts = cardinality($2::text[])
-		AND NOT EXISTS (
-			SELECT 1 FROM generate_series(0, i.indnkeyatts - 1) g
-			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[g]
-			WHERE NOT a.attname::text = ANY ($2::text[])))`, t.ident, t.def.Key).Scan(&ok)
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			problems = append(problems, fmt.Errorf("%s: no unique index on (%s) for ON CONFLICT", where, strings.Join(t.def.Key, ", ")))
-		}
+	if differ || len(problems) > 0 {
+		t.types.Store(typesDiffer)
+	} else {
+		t.types.Store(typesSame)
 	}
 	return problems, nil
 }

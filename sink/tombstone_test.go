@@ -194,3 +194,237 @@ func TestMappedTableLands(t *testing.T) {
 		})
 	}
 }
+
+// writeOps writes one batch of topic (partition 0, offsets from 0): a
+// value per op, nil for a tombstone whose key is keys[i].
+func opsBatch(id uint64, topic string, values, keys [][]byte) *record.Batch {
+	b := &record.Batch{ID: id}
+	for i := range values {
+		b.Records = append(b.Records, &record.Record{Topic: topic, Offset: int64(i), Value: values[i], Key: keys[i], Timestamp: time.Now()})
+	}
+	b.Spans = []record.Span{{TopicPartition: record.TopicPartition{Topic: topic}, From: 0, Next: int64(len(values))}}
+	return b
+}
+
+// rowsOf reads "id=v" of every row of table, ordered by id.
+func rowsOf(t *testing.T, e *pgEnv, table, id, v string) []string {
+	t.Helper()
+	rows, err := e.pool.Query(context.Background(), fmt.Sprintf("SELECT %s::text || '=' || coalesce(%s::text, 'null') FROM %s ORDER BY 1",
+		pgx.Identifier{id}.Sanitize(), pgx.Identifier{v}.Sanitize(), pgx.Identifier{e.schema, table}.Sanitize()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func offsetsOf(rej []record.Rejected) []int64 {
+	var out []int64
+	for _, r := range rej {
+		out = append(out, r.Record.Offset)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestTombstoneRefusedDeleteIsIsolated: a delete the database refuses for
+// one key (here a trigger raising a data exception) fails that tombstone
+// alone, as a dead letter; the other deletes of the batch happen.
+func TestTombstoneRefusedDeleteIsIsolated(t *testing.T) {
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newPGEnv(t, 1)
+			tb, err := Mapped(e.schema, "kv", Mapping{
+				Fields: []Field{{Column: "id", Type: "text"}, {Column: "v", Type: "integer"}},
+				Key:    []string{"id"},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tb.DeleteTombstones = true
+			counted := map[string]int{}
+			w, err := New(e.pool, Config{Tables: map[string]Table{"kv": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst},
+				WithTombstones(func(topic, action string, n int) { counted[topic+" "+action] += n }))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.unnestMax = p.unnestMax
+			if err := w.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			kv := pgx.Identifier{e.schema, "kv"}.Sanitize()
+			e.exec(t, "INSERT INTO "+kv+" VALUES ('a', 1), ('bad', 2), ('c', 3), ('d', 4)")
+			e.exec(t, fmt.Sprintf(`CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF OLD.id = 'bad' THEN RAISE EXCEPTION 'refusing to delete %%', OLD.id USING ERRCODE = '22023'; END IF;
+	RETURN OLD;
+END $$`, pgx.Identifier{e.schema, "refuse"}.Sanitize()))
+			e.exec(t, fmt.Sprintf("CREATE TRIGGER refuse BEFORE DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s()",
+				kv, pgx.Identifier{e.schema, "refuse"}.Sanitize()))
+			b := opsBatch(1, "kv",
+				[][]byte{nil, nil, nil, []byte(`{"id":"e","v":5}`)},
+				[][]byte{[]byte("a"), []byte("bad"), []byte(`"c"`), []byte("e")})
+			var c collector
+			if err := w.Write(ctx, b, c.reject); err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			if got, want := rowsOf(t, e, "kv", "id", "v"), []string{"bad=2", "d=4", "e=5"}; !slices.Equal(got, want) {
+				t.Errorf("rows %v, want %v", got, want)
+			}
+			if len(c.got) != 1 || c.got[0].Record.Offset != 1 || c.got[0].Class != record.ClassData ||
+				!strings.Contains(c.got[0].Err.Error(), "refusing to delete bad") || !strings.Contains(c.got[0].Err.Error(), "kv") {
+				t.Errorf("rejected %v, want the tombstone at offset 1, a data error naming the table", c.got)
+			}
+			if counted["kv deleted"] != 2 {
+				t.Errorf("tombstones counted %v, want 2 deleted", counted)
+			}
+		})
+	}
+}
+
+// TestTombstoneKeyTextPostgreSQLCannotHold: a key that is not valid UTF-8,
+// or holds a NUL, is a decode error naming the record, not a failed batch.
+func TestTombstoneKeyTextPostgreSQLCannotHold(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 1)
+	tb, err := Mapped(e.schema, "kv", Mapping{
+		Fields: []Field{{Column: "id", Type: "text"}, {Column: "v", Type: "integer"}},
+		Key:    []string{"id"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.DeleteTombstones = true
+	bars := Bars(e.schema, "bars")
+	bars.DeleteTombstones = true
+	w := newWriter(t, e, map[string]Table{"kv": tb, "bars": bars}, defaultUnnestMax)
+	e.exec(t, "INSERT INTO "+pgx.Identifier{e.schema, "kv"}.Sanitize()+" VALUES ('a', 1)")
+	b := opsBatch(1, "kv",
+		[][]byte{nil, nil, nil, nil},
+		[][]byte{[]byte("\xff\xfe"), []byte("x\x00y"), []byte(`"x\u0000y"`), []byte("a")})
+	bb := opsBatch(1, "bars", [][]byte{nil}, [][]byte{[]byte(`{"symbol":"A\u0000","ts":"2026-01-02T00:00:00Z"}`)})
+	b.Records = append(b.Records, bb.Records...)
+	b.Spans = append(b.Spans, bb.Spans...)
+	var c collector
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if n := e.count(t, "kv"); n != 0 {
+		t.Errorf("%d rows in kv, want 0 (the good tombstone deletes)", n)
+	}
+	if len(c.got) != 4 {
+		t.Fatalf("rejected %v, want 4", c.got)
+	}
+	for _, r := range c.got {
+		if r.Class != record.ClassDecode || !strings.Contains(r.Err.Error(), r.Record.String()) {
+			t.Errorf("rejected %s: %v (%s), want a decode error naming the record", r.Record, r.Err, r.Class)
+		}
+	}
+}
+
+// TestRefusedLastVersionFallsBack: when the database refuses the last
+// version of a key in a batch, the key ends as the latest earlier version
+// it accepts (a delete or a row), as if the records had been applied one
+// by one with the refused ones dead-lettered. (A version superseded by a
+// later one that lands is not written at all, so not refused either.)
+func TestRefusedLastVersionFallsBack(t *testing.T) {
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newPGEnv(t, 1)
+			tb := Bars(e.schema, "bars")
+			tb.DeleteTombstones = true
+			w, err := New(e.pool, Config{Tables: map[string]Table{"bars": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.unnestMax = p.unnestMax
+			if err := w.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ADD CONSTRAINT volume_positive CHECK (volume >= 0)")
+			first := barBatch(1, "bars", 0, 0, 4, func(i int) []byte { return barJSON(string(rune('A'+i)), t0, 1, 1) })
+			if err := w.Write(ctx, first, nil); err != nil {
+				t.Fatal(err)
+			}
+			key := func(sym string) []byte {
+				return fmt.Appendf(nil, `{"symbol":%q,"ts":%q}`, sym, t0.Format(time.RFC3339Nano))
+			}
+			bar := func(sym string, vol int64) []byte { return barJSON(sym, t0, 1, vol) }
+			b := opsBatch(2, "bars",
+				[][]byte{
+					nil, bar("A", -1), // A: deleted, then refused: gone
+					bar("B", 5), bar("B", -1), // B: 5, then refused: 5
+					bar("C", 7), bar("C", -2), nil, bar("C", -3), // C: 7, (superseded, never written), deleted, refused: gone
+					bar("D", 8), bar("D", -4), bar("D", -5), // D: 8, refused, refused: 8
+					bar("E", 9), bar("E", 10), // E: new, 10
+				},
+				[][]byte{key("A"), []byte("A"), []byte("B"), []byte("B"), []byte("C"), []byte("C"), key("C"), []byte("C"),
+					[]byte("D"), []byte("D"), []byte("D"), []byte("E"), []byte("E")})
+			var c collector
+			if err := w.Write(ctx, b, c.reject); err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			if got, want := rowsOf(t, e, "bars", "symbol", "volume"), []string{"B=5", "D=8", "E=10"}; !slices.Equal(got, want) {
+				t.Errorf("rows %v, want %v", got, want)
+			}
+			if got, want := offsetsOf(c.got), []int64{1, 3, 7, 9, 10}; !slices.Equal(got, want) {
+				t.Errorf("rejected offsets %v, want %v", got, want)
+			}
+			for _, r := range c.got {
+				if r.Class != record.ClassData {
+					t.Errorf("rejected %s as %s, want %s", r.Record, r.Class, record.ClassData)
+				}
+			}
+		})
+	}
+}
+
+// TestKeysEqualAsTheDatabaseHoldsThem: keys the database holds equal are
+// one key within a batch too: numerics 1 and 1.0, char(n) values that
+// differ in trailing blanks.
+func TestKeysEqualAsTheDatabaseHoldsThem(t *testing.T) {
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newPGEnv(t, 1)
+			tb, err := Mapped(e.schema, "nk", Mapping{
+				Fields: []Field{{Column: "id", Type: "numeric"}, {Column: "tag", Type: "char(4)"}, {Column: "v", Type: "integer"}},
+				Key:    []string{"id", "tag"},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tb.DeleteTombstones = true
+			w, err := New(e.pool, Config{Tables: map[string]Table{"nk": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.unnestMax = p.unnestMax
+			if err := w.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			b := opsBatch(1, "nk",
+				[][]byte{
+					[]byte(`{"id":1,"tag":"ab","v":1}`), nil, // upserted, then deleted as 1.0/"ab  "
+					[]byte(`{"id":"2.50","tag":"x","v":1}`), []byte(`{"id":2.5,"tag":"x ","v":2}`), // one row, v=2
+					nil, []byte(`{"id":3e0,"tag":"y","v":3}`), // deleted as 300e-2, then upserted
+				},
+				[][]byte{nil, []byte(`{"id":1.0,"tag":"ab  "}`), nil, nil, []byte(`{"id":300e-2,"tag":"y"}`), nil})
+			var c collector
+			if err := w.Write(ctx, b, c.reject); err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			if len(c.got) > 0 {
+				t.Errorf("rejected %v", c.got)
+			}
+			if got, want := rowsOf(t, e, "nk", "id", "v"), []string{"2.5=2", "3=3"}; !slices.Equal(got, want) {
+				t.Errorf("rows %v, want %v", got, want)
+			}
+		})
+	}
+}

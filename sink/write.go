@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/ktsink/connector/record"
 )
 
@@ -21,9 +23,7 @@ import (
 type plan struct {
 	groups   []*group // in w.targets order
 	rejected []record.Rejected
-	skipped  map[string]int // tombstones skipped, by topic
-	deleted  map[string]int // tombstones applied as deletes, by topic
-	spans    []record.Span  // of exactly_once topics
+	spans    []record.Span // of exactly_once topics
 }
 
 // group is the rows of one batch for one target; recs[i] produced rows[i].
@@ -36,11 +36,29 @@ type group struct {
 	del     []bool
 	delRows [][]any
 	delRecs []*record.Record
+	// older holds, for a record that superseded earlier records of its
+	// key in the batch (upserted tables collapse keys), those earlier
+	// versions, oldest first: if the database refuses the record, the
+	// latest of them it accepts takes its place (isolateGroup).
+	older map[*record.Record][]version
+}
+
+// version is one record's operation on its key: a row to upsert, or a
+// tombstone's key row to delete.
+type version struct {
+	row []any
+	rec *record.Record
+	del bool
 }
 
 // errIsolate ends an attempt that met a data error without savepoints: the
 // batch is then written again, bisecting under savepoints.
 var errIsolate = errors.New("data error: isolating rows")
+
+// errEncoderRefused ends an attempt whose COPY data, from the sink's own
+// encoder, the server could not read: the table's column types are no
+// longer the definition's. The batch is written again, encoded by pgx.
+var errEncoderRefused = errors.New("the table's column types changed: encoding by them")
 
 // Write lands b in one transaction and returns nil once it is committed.
 // It is safe for concurrent use; each call takes its own connection.
@@ -73,31 +91,62 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 				return fmt.Errorf("writing batch %d: %w", b.ID, err)
 			}
 		}
-		w.tombstonesDone(b, p)
+		w.tombstonesDone(b, nil, p.rejected)
 		return nil
 	}
-	err = w.attempt(ctx, b, p, reject, false)
+	out, err := w.attempt(ctx, b, p, reject, false)
+	if errors.Is(err, errEncoderRefused) {
+		out, err = w.attempt(ctx, b, p, reject, false)
+	}
 	if errors.Is(err, errIsolate) {
-		err = w.attempt(ctx, b, p, reject, true)
+		out, err = w.attempt(ctx, b, p, reject, true)
 	}
 	if err == nil {
-		w.tombstonesDone(b, p)
+		w.tombstonesDone(b, out.skip, out.rejected)
 	}
 	return err
 }
 
-// tombstonesDone counts the tombstones of a written batch.
-func (w *Writer) tombstonesDone(b *record.Batch, p *plan) {
-	for topic, n := range p.skipped {
-		w.log.Debug("skipped tombstones", "batch", b.ID, "topic", topic, "count", n)
-		if w.countTombstones != nil {
-			w.countTombstones(topic, "skipped", n)
+// outcome is what a committed attempt did besides landing rows.
+type outcome struct {
+	skip     map[record.TopicPartition]bool // exactly_once spans applied already
+	rejected []record.Rejected
+}
+
+// tombstonesDone counts the tombstones of a written batch, by topic:
+// deleted (including those a later record of their key superseded in
+// the batch) or skipped; not those of spans applied already (counted when
+// they were applied) nor those rejected.
+func (w *Writer) tombstonesDone(b *record.Batch, skip map[record.TopicPartition]bool, rejected []record.Rejected) {
+	if w.countTombstones == nil {
+		return
+	}
+	var refused map[*record.Record]bool
+	for _, r := range rejected {
+		if r.Record.Value == nil {
+			if refused == nil {
+				refused = map[*record.Record]bool{}
+			}
+			refused[r.Record] = true
 		}
 	}
-	for topic, n := range p.deleted {
-		if w.countTombstones != nil {
-			w.countTombstones(topic, "deleted", n)
+	type topicAction struct{ topic, action string }
+	var counts map[topicAction]int
+	for _, r := range b.Records {
+		if r.Value != nil || skip[r.TP()] || refused[r] {
+			continue
 		}
+		action := "skipped"
+		if w.routes[r.Topic].deletes {
+			action = "deleted"
+		}
+		if counts == nil {
+			counts = map[topicAction]int{}
+		}
+		counts[topicAction{r.Topic, action}]++
+	}
+	for k, n := range counts {
+		w.countTombstones(k.topic, k.action, n)
 	}
 }
 
@@ -141,10 +190,6 @@ func (w *Writer) decode(b *record.Batch) (*plan, error) {
 		rt := w.routes[r.Topic]
 		tombstone := r.Value == nil
 		if tombstone && !rt.deletes {
-			if p.skipped == nil {
-				p.skipped = map[string]int{}
-			}
-			p.skipped[r.Topic]++
 			continue
 		}
 		g := groups[rt.t]
@@ -169,12 +214,6 @@ func (w *Writer) decode(b *record.Batch) (*plan, error) {
 			})
 			continue
 		}
-		if tombstone {
-			if p.deleted == nil {
-				p.deleted = map[string]int{}
-			}
-			p.deleted[r.Topic]++
-		}
 		g.rows = append(g.rows, row)
 		g.recs = append(g.recs, r)
 		g.del = append(g.del, tombstone)
@@ -193,7 +232,8 @@ func (w *Writer) decode(b *record.Batch) (*plan, error) {
 	return p, nil
 }
 
-// collapse keeps the last row of each key, in place, in order.
+// collapse keeps the last row of each key, in place, in order; the
+// earlier ones go to g.older.
 func (g *group) collapse() {
 	if len(g.rows) < 2 {
 		return
@@ -204,10 +244,16 @@ func (g *group) collapse() {
 	for i, row := range g.rows {
 		buf = buf[:0]
 		for j, c := range g.t.keyIdx {
-			buf = appendKey(buf, row[c], g.t.wallTime[j])
+			buf = appendKey(buf, row[c], g.t.keyKinds[j])
 		}
 		if prev, ok := last[string(buf)]; ok {
 			keep[prev] = false
+			if g.older == nil {
+				g.older = map[*record.Record][]version{}
+			}
+			pr := g.recs[prev]
+			g.older[g.recs[i]] = append(g.older[pr], version{row: g.rows[prev], rec: pr, del: g.del[prev]})
+			delete(g.older, pr)
 		}
 		last[string(buf)] = i
 		keep[i] = true
@@ -249,29 +295,54 @@ func (g *group) splitDeletes() {
 	g.rows, g.recs, g.del = g.rows[:n], g.recs[:n], nil
 }
 
+// keyKind says how the values of a key column compare in PostgreSQL, where
+// that differs from comparing what the decoder produced.
+type keyKind uint8
+
+const (
+	keyPlain       keyKind = iota
+	keyWallTime            // timestamp without time zone: pgx sends the wall clock
+	keyBlankPadded         // char(n): trailing blanks do not count
+)
+
+// keyKindOf is the keyKind of a column of type typ.
+func keyKindOf(typ string) keyKind {
+	t := strings.ToLower(strings.Join(strings.Fields(typmodRE.ReplaceAllString(typ, "")), " "))
+	switch t {
+	case "char", "character", "bpchar":
+		return keyBlankPadded
+	case "timestamp", "timestamp without time zone":
+		return keyWallTime
+	}
+	return keyPlain
+}
+
 // appendKey appends an encoding of v under which two values are equal when
 // PostgreSQL would hold them equal as keys: timestamps to the microsecond
-// pgx sends, integers whatever their Go width, pointers by their target.
-func appendKey(buf []byte, v any, wall bool) []byte {
+// pgx sends, integers whatever their Go width, numerics whatever their
+// trailing zeros (1 and 1.0), char(n) strings whatever their trailing
+// blanks, pointers by their target. (Text under a nondeterministic
+// collation is compared byte for byte: such keys may not collapse.)
+func appendKey(buf []byte, v any, kind keyKind) []byte {
 	switch x := v.(type) {
 	case nil:
 		return append(buf, 0)
 	case string:
-		return appendKeyString(buf, x)
+		return appendKeyText(buf, x, kind)
 	case *string:
 		if x == nil {
 			return append(buf, 0)
 		}
-		return appendKeyString(buf, *x)
+		return appendKeyText(buf, *x, kind)
 	case []byte:
 		return appendKeyString(buf, string(x))
 	case time.Time:
-		return appendKeyTime(buf, x, wall)
+		return appendKeyTime(buf, x, kind == keyWallTime)
 	case *time.Time:
 		if x == nil {
 			return append(buf, 0)
 		}
-		return appendKeyTime(buf, *x, wall)
+		return appendKeyTime(buf, *x, kind == keyWallTime)
 	case int64:
 		return appendKeyInt(buf, x)
 	case *int64:
@@ -286,6 +357,8 @@ func appendKey(buf []byte, v any, wall bool) []byte {
 			return append(buf, 0)
 		}
 		return appendKeyInt(buf, int64(*x))
+	case int16:
+		return appendKeyInt(buf, int64(x))
 	case int:
 		return appendKeyInt(buf, int64(x))
 	case float64:
@@ -300,9 +373,51 @@ func appendKey(buf []byte, v any, wall bool) []byte {
 			return append(buf, 5, 1)
 		}
 		return append(buf, 5, 0)
+	case pgtype.Numeric:
+		return appendKeyNumeric(buf, x)
 	}
 	s := fmt.Sprintf("%T %v", v, v)
 	return appendKeyString(append(buf, 6), s)
+}
+
+func appendKeyText(buf []byte, s string, kind keyKind) []byte {
+	if kind == keyBlankPadded {
+		s = strings.TrimRight(s, " ")
+	}
+	return appendKeyString(buf, s)
+}
+
+// appendKeyNumeric encodes n without its trailing zeros: 1, 1.0 and 10e-1
+// alike.
+func appendKeyNumeric(buf []byte, n pgtype.Numeric) []byte {
+	switch {
+	case !n.Valid:
+		return append(buf, 0)
+	case n.NaN:
+		return append(buf, 7, 'n')
+	case n.InfinityModifier == pgtype.Infinity:
+		return append(buf, 7, '+')
+	case n.InfinityModifier == pgtype.NegativeInfinity:
+		return append(buf, 7, '-')
+	}
+	i, exp := new(big.Int), int64(n.Exp)
+	if n.Int != nil {
+		i.Set(n.Int)
+	}
+	if i.Sign() == 0 {
+		exp = 0
+	}
+	ten, q, r := big.NewInt(10), new(big.Int), new(big.Int)
+	for i.Sign() != 0 {
+		q.QuoRem(i, ten, r)
+		if r.Sign() != 0 {
+			break
+		}
+		i, q = q, i
+		exp++
+	}
+	buf = binary.AppendVarint(append(buf, 7, 'f'), exp)
+	return appendKeyString(buf, i.String())
 }
 
 func appendKeyString(buf []byte, s string) []byte {
@@ -333,10 +448,10 @@ func appendKeyTime(buf []byte, t time.Time, wall bool) []byte {
 // attempt runs the batch's transaction once. Without isolate a data error
 // rolls back and returns errIsolate; with isolate the rows at fault are
 // found under savepoints and rejected.
-func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject RejectFunc, isolate bool) (err error) {
+func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject RejectFunc, isolate bool) (_ outcome, err error) {
 	tx, err := w.db.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("writing batch %d: beginning transaction: %w", b.ID, err)
+		return outcome{}, fmt.Errorf("writing batch %d: beginning transaction: %w", b.ID, err)
 	}
 	committed := false
 	defer func() {
@@ -351,39 +466,45 @@ func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject R
 	}()
 
 	if err := w.prelude(ctx, tx, p); err != nil {
-		return fmt.Errorf("writing batch %d: %w", b.ID, err)
+		return outcome{}, fmt.Errorf("writing batch %d: %w", b.ID, err)
 	}
 	skip, err := w.advanceOffsets(ctx, tx, p.spans)
 	if err != nil {
-		return fmt.Errorf("writing batch %d: %w", b.ID, err)
+		return outcome{}, fmt.Errorf("writing batch %d: %w", b.ID, err)
 	}
 	rejected := append([]record.Rejected(nil), p.rejected...)
 	for _, g := range p.groups {
 		rows, recs := g.rows, g.recs
-		delRows := g.delRows
+		delRows, delRecs := g.delRows, g.delRecs
 		if len(skip) > 0 {
 			rows, recs = without(skip, rows, recs)
-			delRows, _ = without(skip, delRows, g.delRecs)
-		}
-		if len(delRows) > 0 {
-			if err := deleteKeys(ctx, tx, g.t, delRows); err != nil {
-				return fmt.Errorf("writing batch %d to table %s: deleting %d keys: %w", b.ID, g.t.name, len(delRows), err)
-			}
-		}
-		if len(rows) == 0 {
-			continue
+			delRows, delRecs = without(skip, delRows, delRecs)
 		}
 		if isolate {
-			err = w.isolate(ctx, tx, g.t, rows, recs, &rejected)
-		} else {
-			err = w.land(ctx, tx, g.t, rows, false)
+			if err := w.isolateGroup(ctx, tx, g, rows, recs, delRows, delRecs, skip, &rejected); err != nil {
+				return outcome{}, fmt.Errorf("writing batch %d to table %s: %w", b.ID, g.t.name, err)
+			}
+			continue
+		}
+		if len(delRows) > 0 {
+			err := w.deleteKeys(ctx, tx, g.t, delRows)
 			if splittable(err) {
-				w.log.Debug("data error: isolating rows", "batch", b.ID, "table", g.t.name, "err", err)
-				return errIsolate
+				w.log.Debug("data error: isolating keys", "batch", b.ID, "table", g.t.name, "err", err)
+				return outcome{}, errIsolate
+			}
+			if err != nil {
+				return outcome{}, fmt.Errorf("writing batch %d to table %s: deleting %d keys: %w", b.ID, g.t.name, len(delRows), err)
 			}
 		}
-		if err != nil {
-			return fmt.Errorf("writing batch %d to table %s: %w", b.ID, g.t.name, err)
+		if len(rows) > 0 {
+			err := w.land(ctx, tx, g.t, rows, false)
+			if splittable(err) {
+				w.log.Debug("data error: isolating rows", "batch", b.ID, "table", g.t.name, "err", err)
+				return outcome{}, errIsolate
+			}
+			if err != nil {
+				return outcome{}, fmt.Errorf("writing batch %d to table %s: %w", b.ID, g.t.name, err)
+			}
 		}
 	}
 	if len(skip) > 0 {
@@ -398,14 +519,14 @@ func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject R
 	}
 	if len(rejected) > 0 {
 		if err := callReject(ctx, reject, rejected); err != nil {
-			return fmt.Errorf("writing batch %d: %w", b.ID, err)
+			return outcome{}, fmt.Errorf("writing batch %d: %w", b.ID, err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("writing batch %d: committing: %w", b.ID, err)
+		return outcome{}, fmt.Errorf("writing batch %d: committing: %w", b.ID, err)
 	}
 	committed = true
-	return nil
+	return outcome{skip: skip, rejected: rejected}, nil
 }
 
 func callReject(ctx context.Context, reject RejectFunc, rejected []record.Rejected) error {
@@ -424,6 +545,15 @@ func (w *Writer) prelude(ctx context.Context, tx pgx.Tx, p *plan) error {
 	timescale, err := w.detectTimescale(ctx, tx)
 	if err != nil {
 		return err
+	}
+	for _, g := range p.groups {
+		if g.t.fastCopy && g.t.types.Load() == typesUnchecked {
+			// Migrate did not run (a dead-letter replay): learn
+			// whether the sink's own COPY encoder fits the table
+			if _, err := checkColumns(ctx, tx, g.t); err != nil {
+				return fmt.Errorf("reading the columns of table %s: %w", g.t.name, err)
+			}
+		}
 	}
 	var stmts []string
 	if d := w.cfg.StatementTimeout; d > 0 {
@@ -517,14 +647,66 @@ func without(skip map[record.TopicPartition]bool, rows [][]any, recs []*record.R
 	return r2, c2
 }
 
-// isolate lands rows under a savepoint; when the database refuses them for
-// data reasons it splits them in halves, in order, down to the single rows
-// at fault, which it appends to rejected.
-func (w *Writer) isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, recs []*record.Record, rejected *[]record.Rejected) error {
+// isolateGroup deletes a group's keys and lands its rows under
+// savepoints, rejecting those the database refuses for data reasons. A
+// refused record whose key had earlier versions in the batch (g.older)
+// gives way to the latest of them, in rounds until none is left: every key
+// ends as if the batch's records had been applied one by one, the refused
+// ones dead-lettered.
+func (w *Writer) isolateGroup(ctx context.Context, tx pgx.Tx, g *group, rows [][]any, recs []*record.Record,
+	delRows [][]any, delRecs []*record.Record, skip map[record.TopicPartition]bool, rejected *[]record.Rejected) error {
+	landRows := func(ctx context.Context, tx pgx.Tx, t *target, rows [][]any) error {
+		return w.land(ctx, tx, t, rows, true)
+	}
+	var chains map[*record.Record][]version // versions left, by the record that stands for them now
+	for len(rows) > 0 || len(delRows) > 0 {
+		from := len(*rejected)
+		if len(delRows) > 0 {
+			if err := isolate(ctx, tx, g.t, delRows, delRecs, rejected, w.deleteKeys, "deleting the row of tombstone"); err != nil {
+				return fmt.Errorf("deleting keys: %w", err)
+			}
+		}
+		if len(rows) > 0 {
+			if err := isolate(ctx, tx, g.t, rows, recs, rejected, landRows, "writing"); err != nil {
+				return err
+			}
+		}
+		rows, recs, delRows, delRecs = nil, nil, nil, nil
+		for _, r := range (*rejected)[from:] {
+			chain, ok := chains[r.Record]
+			if !ok {
+				chain = g.older[r.Record]
+			}
+			for len(chain) > 0 && skip[chain[len(chain)-1].rec.TP()] {
+				chain = chain[:len(chain)-1]
+			}
+			if len(chain) == 0 {
+				continue
+			}
+			v := chain[len(chain)-1]
+			if chains == nil {
+				chains = map[*record.Record][]version{}
+			}
+			chains[v.rec] = chain[:len(chain)-1]
+			if v.del {
+				delRows, delRecs = append(delRows, v.row), append(delRecs, v.rec)
+			} else {
+				rows, recs = append(rows, v.row), append(recs, v.rec)
+			}
+		}
+	}
+	return nil
+}
+
+// isolate applies do to rows under a savepoint; when the database refuses
+// them for data reasons it splits them in halves, in order, down to the
+// single rows at fault, which it appends to rejected ("<what> <record> …").
+func isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, recs []*record.Record, rejected *[]record.Rejected,
+	do func(context.Context, pgx.Tx, *target, [][]any) error, what string) error {
 	if _, err := tx.Exec(ctx, "SAVEPOINT ktsink_rows"); err != nil {
 		return err
 	}
-	err := w.land(ctx, tx, t, rows, true)
+	err := do(ctx, tx, t, rows)
 	if err == nil {
 		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT ktsink_rows")
 		return err
@@ -538,19 +720,34 @@ func (w *Writer) isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any
 	if len(rows) == 1 {
 		*rejected = append(*rejected, record.Rejected{
 			Record: recs[0], Class: record.ClassData,
-			Err: fmt.Errorf("writing %s to table %s: %w", recs[0], t.name, err),
+			Err: fmt.Errorf("%s %s, table %s: %w", what, recs[0], t.name, err),
 		})
 		return nil
 	}
 	mid := len(rows) / 2
-	if err := w.isolate(ctx, tx, t, rows[:mid], recs[:mid], rejected); err != nil {
+	if err := isolate(ctx, tx, t, rows[:mid], recs[:mid], rejected, do, what); err != nil {
 		return err
 	}
-	return w.isolate(ctx, tx, t, rows[mid:], recs[mid:], rejected)
+	return isolate(ctx, tx, t, rows[mid:], recs[mid:], rejected, do, what)
 }
 
-// deleteKeys deletes the rows whose keys are the key columns of rows.
-func deleteKeys(ctx context.Context, tx pgx.Tx, t *target, rows [][]any) error {
+// deleteKeys deletes the rows whose keys are the key columns of rows: in
+// one statement joining the keys as arrays, or, where TimescaleDB is
+// present, one statement per key (sent together), because TimescaleDB
+// decompresses only the segments a DELETE's constant conditions select,
+// and every compressed chunk for a join.
+func (w *Writer) deleteKeys(ctx context.Context, tx pgx.Tx, t *target, rows [][]any) error {
+	if w.timescale.Load() == tsPresent {
+		batch := &pgx.Batch{}
+		for _, r := range rows {
+			args := make([]any, len(t.keyIdx))
+			for i, c := range t.keyIdx {
+				args[i] = r[c]
+			}
+			batch.Queue(t.deleteOne, args...)
+		}
+		return tx.SendBatch(ctx, batch).Close()
+	}
 	args := make([]any, len(t.keyIdx))
 	for i, c := range t.keyIdx {
 		args[i] = columnArg(rows, c)
