@@ -67,9 +67,10 @@ var errEncoderRefused = errors.New("the table's column types changed: encoding b
 // DeleteTombstones, delete the row of their key in the same transaction.
 // For an upserted table only the last record of each key is written (the
 // earlier ones are older versions of the same row; if the database refuses
-// the last, it is rejected and the earlier ones are not written either): a
-// tombstone after an upsert of its key deletes the row, an upsert after a
-// tombstone writes it again. Records that do not decode, and rows
+// the last, it is rejected and the latest earlier one the database accepts
+// is written instead): a tombstone after an upsert of its key deletes the
+// row, an upsert after a tombstone writes it again. Keys compare as
+// PostgreSQL holds them (numerics 1 and 1.0 are one key). Records that do not decode, and rows
 // the database refuses for data reasons (isolated by bisection under
 // savepoints), are passed to reject in one call before the commit; if
 // reject fails the transaction is rolled back and its error returned
