@@ -217,8 +217,9 @@ type Writer struct {
 
 	countTombstones func(topic, action string, n int)
 
-	timescale atomic.Int32 // tsUnknown, tsAbsent, tsPresent
-	logAbsent sync.Once
+	timescale       atomic.Int32 // tsUnknown, tsAbsent, tsPresent
+	decompressLimit atomic.Bool  // timescaledb.max_tuples_decompressed_per_dml_transaction exists
+	logAbsent       sync.Once
 }
 
 // The states of target.types.
@@ -417,6 +418,17 @@ func validateTable(t Table) []error {
 			errs = append(errs, fmt.Errorf("time column %q is not a column", t.TimeColumn))
 		} else if len(t.Key) > 0 && !inKey[t.TimeColumn] {
 			errs = append(errs, fmt.Errorf("key (%s) must include time column %q", strings.Join(t.Key, ", "), t.TimeColumn))
+		}
+		for _, c := range t.Columns {
+			if c.Name != t.TimeColumn {
+				continue
+			}
+			switch k, _ := kindOfType(c.Type); {
+			case k != vTimestamp && k != vDate:
+				errs = append(errs, fmt.Errorf("time column %q is %s: it must be timestamptz, timestamp or date (a hypertable's time dimension)", c.Name, c.Type))
+			case k == vDate && t.Hypertable.ChunkInterval%(24*time.Hour) != 0:
+				errs = append(errs, fmt.Errorf("time column %q is a date: the chunk interval must be whole days, not %s", c.Name, t.Hypertable.ChunkInterval))
+			}
 		}
 	}
 	switch t.Mode {
@@ -802,7 +814,7 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid`, t.ident, t.cols, types)
 // and so are the compression settings of an existing hypertable.
 func (w *Writer) migrateHypertable(ctx context.Context, tx pgx.Tx, t *target, existed bool) error {
 	h := t.def.Hypertable
-	var isHyper, compressed bool
+	var isHyper, compressed, created bool
 	err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(compression_enabled), false)
 FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypertable_name = $2`,
 		t.def.Schema, t.def.Name).Scan(&isHyper, &compressed)
@@ -824,11 +836,33 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 			return fmt.Errorf("creating hypertable: %w", err)
 		}
 		w.log.Info("created hypertable", "table", t.name, "time_column", t.def.TimeColumn, "chunk_interval", chunk.String())
+		created = true
+		// Recent TimescaleDB versions enable compression (the
+		// columnstore) on new hypertables by default, with settings of
+		// their choosing: look again.
+		err = tx.QueryRow(ctx, `SELECT coalesce(bool_or(compression_enabled), false)
+FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypertable_name = $2`,
+			t.def.Schema, t.def.Name).Scan(&compressed)
+		if err != nil {
+			return fmt.Errorf("looking up hypertable: %w", err)
+		}
+		if compressed {
+			// the configuration decides: compress_after, segments
+			// by the key, or no compression at all
+			if _, err := tx.Exec(ctx, "SELECT remove_compression_policy($1::regclass, if_exists => true)", t.ident); err != nil {
+				return fmt.Errorf("removing the default compression policy: %w", err)
+			}
+			if h.CompressAfter <= 0 {
+				if _, err := tx.Exec(ctx, "ALTER TABLE "+t.ident+" SET (timescaledb.compress = false)"); err != nil {
+					return fmt.Errorf("turning off default compression: %w", err)
+				}
+			}
+		}
 	}
 	if h.CompressAfter > 0 && existed && !compressed {
 		w.log.Info("hypertable exists without compression: left so", "table", t.name)
 	} else if h.CompressAfter > 0 {
-		if !compressed {
+		if !compressed || created {
 			var segment []string
 			for _, k := range t.def.Key {
 				if k != t.def.TimeColumn {
@@ -858,7 +892,9 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 		}
 		if !exists {
 			// WITH NO DATA: WITH DATA cannot run inside a transaction
-			// block; the refresh policy fills it
+			// block; the refresh policy fills it. Its window starts at
+			// the oldest bar (start_offset NULL), so backfilled history
+			// is materialized too, not only the last days.
 			_, err := tx.Exec(ctx, fmt.Sprintf(`CREATE MATERIALIZED VIEW %s
 WITH (timescaledb.continuous) AS
 SELECT symbol, time_bucket(INTERVAL '1 hour', ts) AS bucket,
@@ -872,7 +908,7 @@ WITH NO DATA`, view.Sanitize(), t.ident))
 			}
 		}
 		_, err := tx.Exec(ctx, `SELECT add_continuous_aggregate_policy($1::regclass,
-	start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',
+	start_offset => NULL, end_offset => INTERVAL '1 hour',
 	schedule_interval => INTERVAL '30 minutes', if_not_exists => true)`, view.Sanitize())
 		if err != nil {
 			return fmt.Errorf("adding refresh policy of %s: %w", view.Sanitize(), err)
@@ -887,7 +923,9 @@ func quoteLiteral(s string) string {
 }
 
 // detectTimescale says whether the timescaledb extension is installed,
-// asking the database the first time only. It logs once when it is absent.
+// asking the database the first time only (and whether its per-transaction
+// decompression limit exists: TimescaleDB 2.11 and later). It logs once
+// when it is absent.
 func (w *Writer) detectTimescale(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
 }) (bool, error) {
@@ -897,11 +935,14 @@ func (w *Writer) detectTimescale(ctx context.Context, q interface {
 	case tsPresent:
 		return true, nil
 	}
-	var present bool
-	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')").Scan(&present); err != nil {
+	var present, limit bool
+	err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'),
+	EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_tuples_decompressed_per_dml_transaction')`).Scan(&present, &limit)
+	if err != nil {
 		return false, fmt.Errorf("looking for the timescaledb extension: %w", err)
 	}
 	if present {
+		w.decompressLimit.Store(limit)
 		w.timescale.Store(tsPresent)
 		return true, nil
 	}

@@ -2,9 +2,11 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -173,5 +175,34 @@ func TestColumnCollation(t *testing.T) {
 	want := `"symbol" text COLLATE "C", "ts" timestamptz`
 	if !strings.Contains(tg.createTable, want) {
 		t.Errorf("createTable = %s, want it to contain %s", tg.createTable, want)
+	}
+}
+
+// TestTimeColumnMustBeATime: a hypertable's time dimension is a time, and
+// a date dimension's chunks are whole days.
+func TestTimeColumnMustBeATime(t *testing.T) {
+	for _, tt := range []struct {
+		typ   string
+		chunk time.Duration
+		want  string
+	}{
+		{"text", 0, `time column "t" is text: it must be timestamptz, timestamp or date`},
+		{"bigint", 0, `time column "t" is bigint`},
+		{"date", 36 * time.Hour, `time column "t" is a date: the chunk interval must be whole days, not 36h0m0s`},
+		{"date", 48 * time.Hour, ""},
+		{"timestamp(3)", time.Hour, ""},
+		{"timestamptz", 0, ""},
+	} {
+		tb, err := Mapped("s", "x", Mapping{Fields: []Field{{Column: "id", Type: "text"}, {Column: "t", Type: tt.typ}}, Key: []string{"id", "t"}, TimeColumn: "t"})
+		if err == nil {
+			tb.Hypertable.ChunkInterval = tt.chunk
+			err = errors.Join(validateTable(tb)...)
+		}
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s, chunk %s: %v", tt.typ, tt.chunk, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s, chunk %s: error %v, want one containing %q", tt.typ, tt.chunk, err, tt.want)
+		}
 	}
 }

@@ -560,7 +560,7 @@ func (w *Writer) prelude(ctx context.Context, tx pgx.Tx, p *plan) error {
 	if d := w.cfg.StatementTimeout; d > 0 {
 		stmts = append(stmts, "SET LOCAL statement_timeout = "+strconv.FormatInt(max(d.Milliseconds(), 1), 10))
 	}
-	if timescale {
+	if timescale && w.decompressLimit.Load() {
 		// late upserts into compressed chunks must not hit the per
 		// transaction decompression limit (0: unlimited)
 		stmts = append(stmts, "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0")
