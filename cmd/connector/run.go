@@ -308,7 +308,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 			return fmt.Errorf("creating the dead-letter producer: %w", err)
 		}
 		defer producer.Close()
-		if err := ensureTopic(ctx, producer, dlqTopic); err != nil {
+		if err := ensureTopic(ctx, producer, dlqTopic, int16(cfg.DLQ.ReplicationFactor)); err != nil {
 			return err
 		}
 	}
@@ -511,11 +511,13 @@ func startOffsets(wl *wal.WAL, sw *sink.Writer, exactlyOnce map[string]bool, m *
 	}
 }
 
-func ensureTopic(ctx context.Context, cl *kgo.Client, topic string) error {
+// ensureTopic creates the dead-letter topic, with one partition and
+// replicationFactor replicas (-1: the brokers' default), unless it exists.
+func ensureTopic(ctx context.Context, cl *kgo.Client, topic string, replicationFactor int16) error {
 	adm := kadm.NewClient(cl)
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := adm.CreateTopic(tctx, 1, -1, nil, topic)
+	resp, err := adm.CreateTopic(tctx, 1, replicationFactor, nil, topic)
 	if err == nil {
 		err = resp.Err
 	}

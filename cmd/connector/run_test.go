@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -79,4 +84,65 @@ func gathered(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFami
 		out[f.GetName()] = f
 	}
 	return out
+}
+
+// The dead-letter topic is created with dlq.replication_factor replicas,
+// the brokers' default with -1; a topic that exists is left as it is.
+func TestDeadLetterTopicIsCreatedWithTheReplicationFactor(t *testing.T) {
+	fake, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.DefaultNumPartitions(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fake.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx := context.Background()
+	replicas := func(topic string) int {
+		t.Helper()
+		td, err := adm.ListTopics(ctx, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, ok := td[topic]
+		if !ok || d.Err != nil || len(d.Partitions) != 1 {
+			t.Fatalf("topic %s: %+v", topic, d)
+		}
+		return len(d.Partitions[0].Replicas)
+	}
+	tests := []struct {
+		name  string
+		topic string
+		rf    int16
+		want  int // replicas; 0: creating fails
+	}{
+		{name: "two replicas", topic: "dlq-2", rf: 2, want: 2},
+		{name: "one replica", topic: "dlq-1", rf: 1, want: 1},
+		{name: "existing topic left as it is", topic: "dlq-2", rf: 3, want: 2},
+		{name: "more replicas than brokers", topic: "dlq-4", rf: 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ensureTopic(ctx, cl, tt.topic, tt.rf)
+			if tt.want == 0 {
+				if !errors.Is(err, kerr.InvalidReplicationFactor) {
+					t.Fatalf("ensureTopic = %v, want %v", err, kerr.InvalidReplicationFactor)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := replicas(tt.topic); got != tt.want {
+				t.Errorf("%s has %d replicas, want %d", tt.topic, got, tt.want)
+			}
+		})
+	}
+	if err := ensureTopic(ctx, cl, "dlq-default", -1); err != nil {
+		t.Fatalf("ensureTopic with the brokers' default: %v", err)
+	}
+	replicas("dlq-default")
 }
