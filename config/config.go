@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"regexp"
@@ -254,6 +255,11 @@ type DLQ struct {
 	// letters; past it the batch is retried (with backoff) and its offsets
 	// stay where they are. Env MDS_DLQ_PRODUCE_TIMEOUT_MS. Default 30s.
 	ProduceTimeout Duration `yaml:"produce_timeout"`
+	// ReplicationFactor of the dead-letter topic when the connector creates
+	// it at start (a topic that exists is left as it is): 1 to 32767, or -1
+	// for the brokers' default.replication.factor. Env
+	// MDS_DLQ_REPLICATION_FACTOR. Default -1; zero is invalid.
+	ReplicationFactor int `yaml:"replication_factor"`
 }
 
 // Metrics is the HTTP endpoint for /metrics, /healthz, /readyz, /status.
@@ -377,7 +383,7 @@ func Default() Config {
 		},
 		Breaker:         Breaker{FailureThreshold: 5, HalfOpenAfter: Duration(10 * time.Second)},
 		WAL:             WAL{Path: "data/ktsink.wal"},
-		DLQ:             DLQ{Topic: "ktsink.dlq", File: "data/dlq.ndjson", ProduceTimeout: Duration(30 * time.Second)},
+		DLQ:             DLQ{Topic: "ktsink.dlq", File: "data/dlq.ndjson", ProduceTimeout: Duration(30 * time.Second), ReplicationFactor: -1},
 		Metrics:         Metrics{Addr: ":9000", QueuePoll: Duration(250 * time.Millisecond)},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: Duration(30 * time.Second),
@@ -488,6 +494,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DLQ.ProduceTimeout <= 0 {
 		bad("dlq.produce_timeout", "%s is not positive", c.DLQ.ProduceTimeout)
+	}
+	if rf := c.DLQ.ReplicationFactor; rf != -1 && (rf < 1 || rf > math.MaxInt16) {
+		bad("dlq.replication_factor", "must be -1 (the brokers' default) or 1 to %d, got %d", math.MaxInt16, rf)
 	}
 	if c.Metrics.QueuePoll <= 0 {
 		bad("metrics.queue_poll", "must be positive, got %s", c.Metrics.QueuePoll)

@@ -40,6 +40,8 @@ coordinator:
   flush_interval: 100ms
 retry:
   max_attempts: 7
+dlq:
+  replication_factor: 2
 `
 	tests := []struct {
 		name  string
@@ -58,6 +60,9 @@ retry:
 				if len(c.Topics) != 4 || c.Topics[0].Name != "bars" || c.Topics[3].Name != "news" || c.Topics[0].Mode != ModeUpsert {
 					t.Errorf("default topics = %+v", c.Topics)
 				}
+				if c.DLQ.ReplicationFactor != -1 {
+					t.Errorf("dlq.replication_factor %d, want -1 (the brokers' default)", c.DLQ.ReplicationFactor)
+				}
 			},
 		},
 		{
@@ -70,6 +75,9 @@ retry:
 				if time.Duration(c.Coordinator.FlushInterval) != 100*time.Millisecond {
 					t.Errorf("flush interval %s", c.Coordinator.FlushInterval)
 				}
+				if c.DLQ.ReplicationFactor != 2 {
+					t.Errorf("dlq.replication_factor %d, want 2", c.DLQ.ReplicationFactor)
+				}
 			},
 		},
 		{
@@ -79,6 +87,7 @@ retry:
 				"KAFKA_BROKERS": "env1:9092,env2:9092", "MDS_COORDINATOR_WORKERS": "5",
 				"MDS_COORDINATOR_FLUSH_INTERVAL": "0.25", "MDS_RETRY_INITIAL_BACKOFF_MS": "20",
 				"MDS_RETRY_JITTER": "false", "MDS_CB_HALF_OPEN_AFTER_SEC": "1.5",
+				"MDS_DLQ_REPLICATION_FACTOR": "3",
 			},
 			check: func(t *testing.T, c Config) {
 				if len(c.Kafka.Brokers) != 2 || c.Kafka.Brokers[1] != "env2:9092" {
@@ -95,6 +104,9 @@ retry:
 				}
 				if time.Duration(c.Breaker.HalfOpenAfter) != 1500*time.Millisecond {
 					t.Errorf("half open %s", c.Breaker.HalfOpenAfter)
+				}
+				if c.DLQ.ReplicationFactor != 3 {
+					t.Errorf("dlq.replication_factor %d, want 3 from MDS_DLQ_REPLICATION_FACTOR", c.DLQ.ReplicationFactor)
 				}
 			},
 		},
@@ -165,6 +177,8 @@ retry:
   multiplier: 0.5
 log:
   level: loud
+dlq:
+  replication_factor: 0
 topics:
   - name: bars
     kind: candles
@@ -181,11 +195,49 @@ topics:
 	msg := err.Error()
 	for _, want := range []string{
 		"kafka.brokers", "kafka.group", "postgres.url", "coordinator.capacity", "coordinator.workers",
-		"coordinator.overflow", "retry.multiplier", "log.level", "topics[0].kind", "MDS_COORDINATOR_BATCH_SIZE",
+		"coordinator.overflow", "retry.multiplier", "log.level", "dlq.replication_factor", "topics[0].kind",
+		"MDS_COORDINATOR_BATCH_SIZE",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not name %s:\n%s", want, msg)
 		}
+	}
+}
+
+func TestDLQReplicationFactorIsChecked(t *testing.T) {
+	tests := []struct {
+		name  string
+		value string // MDS_DLQ_REPLICATION_FACTOR
+		want  int    // when valid
+		err   string // names the problem; empty: valid
+	}{
+		{name: "brokers' default", value: "-1", want: -1},
+		{name: "one replica", value: "1", want: 1},
+		{name: "three replicas", value: " 3 ", want: 3},
+		{name: "largest", value: "32767", want: 32767},
+		{name: "zero", value: "0", err: "dlq.replication_factor"},
+		{name: "below -1", value: "-2", err: "dlq.replication_factor"},
+		{name: "past int16", value: "32768", err: "dlq.replication_factor"},
+		{name: "not a number", value: "three", err: "MDS_DLQ_REPLICATION_FACTOR"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(nil, envOf(map[string]string{
+				"KAFKA_BROKERS": "a:1", "DATABASE_URL": "postgres://x@y/z", "MDS_DLQ_REPLICATION_FACTOR": tt.value,
+			}))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("Load with MDS_DLQ_REPLICATION_FACTOR=%q: %v, want an error naming %s", tt.value, err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.DLQ.ReplicationFactor != tt.want {
+				t.Errorf("dlq.replication_factor %d, want %d", c.DLQ.ReplicationFactor, tt.want)
+			}
+		})
 	}
 }
 

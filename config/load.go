@@ -30,7 +30,8 @@ var EnvVars = []string{
 	"MDS_RETRY_BACKOFF_MULTIPLIER", "MDS_RETRY_JITTER",
 	"MDS_CB_FAILURE_THRESHOLD", "MDS_CB_HALF_OPEN_AFTER_SEC",
 	"MDS_METRICS_QUEUE_POLL_SEC", "MDS_METRICS_ADDR",
-	"MDS_WAL_PATH", "MDS_DLQ_TOPIC", "MDS_DLQ_FILE", "MDS_DLQ_PRODUCE_TIMEOUT_MS", "MDS_LOG_LEVEL", "MDS_LOG_FORMAT",
+	"MDS_WAL_PATH", "MDS_DLQ_TOPIC", "MDS_DLQ_FILE", "MDS_DLQ_PRODUCE_TIMEOUT_MS",
+	"MDS_DLQ_REPLICATION_FACTOR", "MDS_LOG_LEVEL", "MDS_LOG_FORMAT",
 }
 
 // ApplyEnv overrides c with the environment, collecting every unreadable
@@ -122,6 +123,7 @@ func ApplyEnv(c *Config, env Env) error {
 	str("MDS_DLQ_TOPIC", &c.DLQ.Topic)
 	str("MDS_DLQ_FILE", &c.DLQ.File)
 	dur("MDS_DLQ_PRODUCE_TIMEOUT_MS", time.Millisecond, &c.DLQ.ProduceTimeout)
+	integer("MDS_DLQ_REPLICATION_FACTOR", &c.DLQ.ReplicationFactor)
 	str("MDS_LOG_LEVEL", &c.Log.Level)
 	str("MDS_LOG_FORMAT", &c.Log.Format)
 	return errors.Join(errs...)

@@ -17,6 +17,7 @@
 package dlq
 
 import (
+	"container/list"
 	"context"
 	"encoding/json"
 	"errors"
@@ -102,14 +103,81 @@ type Writer struct {
 	mu   sync.Mutex
 	f    *os.File
 	size int64
-	// filed remembers letters already in the file whose topic copy failed,
-	// so a retry does not append them twice; produced, letters of a Write
-	// that failed whose topic copy was acknowledged nonetheless, so a
-	// retry does not produce them twice. Both forget a letter once its
-	// Write succeeds.
-	filed    map[string]bool
-	produced map[string]bool
+	// seen remembers the copies a failed Write did make, so that its retry
+	// makes only the others (see memo).
+	seen memo
 }
+
+// rememberLimit bounds how many letters a Writer remembers (see memo).
+const rememberLimit = 100_000
+
+// memo remembers, for letters of a Write that failed, which copies were
+// made nonetheless: filed, the letter is in the file (its topic copy
+// failed), so a retry does not append it twice; produced, the topic
+// acknowledged it, so a retry does not produce it twice. A letter is
+// forgotten when a Write of it succeeds, when the caller gives up on it
+// (Forget), or, once limit letters are remembered, when it is the oldest:
+// a caller that abandons batches without telling (a revoked partition, an
+// error the process outlives) must not make the memo grow without bound.
+//
+// Forgetting is always safe: an entry only ever makes Write skip a copy
+// that already holds the letter, so without it a retry makes that copy
+// again. The worst case is one duplicate letter, never a lost one.
+type memo struct {
+	limit int
+	order list.List // of *memoEntry, oldest first
+	byKey map[string]*list.Element
+}
+
+type memoEntry struct {
+	key      string
+	filed    bool
+	produced bool
+}
+
+func (m *memo) get(k string) *memoEntry {
+	if e, ok := m.byKey[k]; ok {
+		return e.Value.(*memoEntry)
+	}
+	return nil
+}
+
+func (m *memo) filed(k string) bool {
+	e := m.get(k)
+	return e != nil && e.filed
+}
+
+func (m *memo) produced(k string) bool {
+	e := m.get(k)
+	return e != nil && e.produced
+}
+
+// entry returns k's entry, adding it (and evicting the oldest beyond the
+// limit) if k is not remembered yet.
+func (m *memo) entry(k string) *memoEntry {
+	if e := m.get(k); e != nil {
+		return e
+	}
+	if m.byKey == nil {
+		m.byKey = map[string]*list.Element{}
+	}
+	for m.order.Len() >= max(m.limit, 1) {
+		oldest := m.order.Front()
+		delete(m.byKey, m.order.Remove(oldest).(*memoEntry).key)
+	}
+	e := &memoEntry{key: k}
+	m.byKey[k] = m.order.PushBack(e)
+	return e
+}
+
+func (m *memo) forget(k string) {
+	if e, ok := m.byKey[k]; ok {
+		m.order.Remove(e)
+		delete(m.byKey, k)
+	}
+}
+
+func (m *memo) len() int { return m.order.Len() }
 
 // New opens (creating with mode 0600) the file and returns a Writer.
 // producer may be nil when Topic is empty.
@@ -130,7 +198,7 @@ func New(cfg Config, producer Producer) (*Writer, error) {
 		host, _ := os.Hostname()
 		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	w := &Writer{cfg: cfg, producer: producer, now: time.Now, filed: map[string]bool{}, produced: map[string]bool{}}
+	w := &Writer{cfg: cfg, producer: producer, now: time.Now, seen: memo{limit: rememberLimit}}
 	if cfg.File != "" {
 		if err := w.openFile(); err != nil {
 			return nil, err
@@ -163,7 +231,8 @@ func (w *Writer) openFile() error {
 // records again (a retry) appends to the file and produces to the topic
 // only the letters that did not make it there the first time. (A letter
 // whose acknowledgement was lost, the broker having written it, is
-// produced again: the topic copy is at least once.)
+// produced again: the topic copy is at least once.) A caller that gives up
+// on the records instead of retrying calls Forget.
 func (w *Writer) Write(ctx context.Context, rejected []record.Rejected) error {
 	if len(rejected) == 0 {
 		return nil
@@ -193,17 +262,35 @@ func (w *Writer) Write(ctx context.Context, rejected []record.Rejected) error {
 		}
 		w.mu.Lock()
 		for i := range letters {
-			k := letterKey(&letters[i])
-			delete(w.filed, k)
-			delete(w.produced, k)
+			w.seen.forget(letterKey(&letters[i]))
 		}
 		w.mu.Unlock()
 	}
 	return nil
 }
 
-func letterKey(l *Letter) string {
-	return l.Topic + "/" + strconv.Itoa(int(l.Partition)) + "@" + strconv.FormatInt(l.Offset, 10)
+// Forget tells the Writer that the caller gives up on the letters of these
+// records: a Write of them failed and will not be retried (the batch was
+// abandoned: its partition revoked, or its error permanent). What the
+// Writer remembers of them, to keep a retry from duplicating letters, is
+// dropped. Forgetting a record never written is a no-op. Should the
+// records be rejected again after all (read again after a restart or a
+// rebalance), their letters are written again in full.
+func (w *Writer) Forget(recs []*record.Record) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.seen.len() == 0 {
+		return
+	}
+	for _, r := range recs {
+		w.seen.forget(recordKey(r.Topic, r.Partition, r.Offset))
+	}
+}
+
+func letterKey(l *Letter) string { return recordKey(l.Topic, l.Partition, l.Offset) }
+
+func recordKey(topic string, partition int32, offset int64) string {
+	return topic + "/" + strconv.Itoa(int(partition)) + "@" + strconv.FormatInt(offset, 10)
 }
 
 func (w *Writer) appendFile(letters []Letter) error {
@@ -212,7 +299,7 @@ func (w *Writer) appendFile(letters []Letter) error {
 	var buf []byte
 	for i := range letters {
 		k := letterKey(&letters[i])
-		if w.filed[k] {
+		if w.seen.filed(k) {
 			continue
 		}
 		line, err := json.Marshal(&letters[i])
@@ -238,7 +325,7 @@ func (w *Writer) appendFile(letters []Letter) error {
 	w.size += int64(len(buf))
 	if w.cfg.Topic != "" {
 		for i := range letters {
-			w.filed[letterKey(&letters[i])] = true
+			w.seen.entry(letterKey(&letters[i])).filed = true
 		}
 	}
 	return nil
@@ -262,7 +349,7 @@ func (w *Writer) produce(ctx context.Context, letters []Letter) error {
 	for i := range letters {
 		l := &letters[i]
 		k := letterKey(l)
-		if w.produced[k] {
+		if w.seen.produced(k) {
 			continue
 		}
 		hs := make([]kgo.RecordHeader, 0, len(l.Headers)+10)
@@ -300,7 +387,7 @@ func (w *Writer) produce(ctx context.Context, letters []Letter) error {
 	acked := 0
 	for _, r := range res {
 		if r.Err == nil && r.Record != nil && keys[r.Record] != "" {
-			w.produced[keys[r.Record]] = true
+			w.seen.entry(keys[r.Record]).produced = true
 			acked++
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -295,6 +296,170 @@ func pollN(t *testing.T, cl *kgo.Client, n int) []*kgo.Record {
 		got = append(got, rs...)
 		if len(rs) == 0 && (len(got) >= n || ctx.Err() != nil) {
 			return got
+		}
+	}
+}
+
+// memProducer acknowledges the records fail does not pick and keeps them.
+type memProducer struct {
+	mu   sync.Mutex
+	fail func(*kgo.Record) bool
+	got  []*kgo.Record
+}
+
+func (p *memProducer) ProduceSync(_ context.Context, rs ...*kgo.Record) kgo.ProduceResults {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var res kgo.ProduceResults
+	for _, r := range rs {
+		if p.fail != nil && p.fail(r) {
+			res = append(res, kgo.ProduceResult{Record: r, Err: errors.New("topic unwritable")})
+			continue
+		}
+		p.got = append(p.got, r)
+		res = append(res, kgo.ProduceResult{Record: r})
+	}
+	return res
+}
+
+func (p *memProducer) setFail(fail func(*kgo.Record) bool) {
+	p.mu.Lock()
+	p.fail = fail
+	p.mu.Unlock()
+}
+
+// offsets counts the letters per original offset, from the file and from
+// the topic.
+func offsets(t *testing.T, path string, p *memProducer) (file, topic map[int64]int) {
+	t.Helper()
+	letters, err := ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file = map[int64]int{}
+	for _, l := range letters {
+		file[l.Offset]++
+	}
+	topic = map[int64]int{}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, r := range p.got {
+		for _, h := range r.Headers {
+			if h.Key == HeaderOffset {
+				o, err := strconv.ParseInt(string(h.Value), 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				topic[o]++
+			}
+		}
+	}
+	return file, topic
+}
+
+func records(rej []record.Rejected) []*record.Record {
+	out := make([]*record.Record, len(rej))
+	for i, rj := range rej {
+		out[i] = rj.Record
+	}
+	return out
+}
+
+func oddOffset(r *kgo.Record) bool {
+	for _, h := range r.Headers {
+		if h.Key == HeaderOffset {
+			o, _ := strconv.Atoi(string(h.Value))
+			return o%2 == 1
+		}
+	}
+	return false
+}
+
+// Forget drops what the Writer remembers of a batch the caller gave up on:
+// letters in the file and letters the topic acknowledged alike. Should the
+// records come back after all, their letters are written again in full.
+func TestForgetDropsWhatTheWriterRemembers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dlq.ndjson")
+	prod := &memProducer{fail: oddOffset}
+	w, err := New(Config{File: path, Topic: "ktsink.dlq"}, prod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	rej := rejected(4)
+	if err := w.Write(context.Background(), rej); err == nil {
+		t.Fatal("Write succeeded with half the letters refused by the topic")
+	}
+	if n := w.seen.len(); n != 4 {
+		t.Fatalf("Writer remembers %d letters after a failed Write of 4, want 4", n)
+	}
+	w.Forget(records(rejected(0)))
+	w.Forget([]*record.Record{{Topic: "other", Partition: 2, Offset: 100}})
+	if n := w.seen.len(); n != 4 {
+		t.Fatalf("Writer remembers %d letters after forgetting records it never saw, want 4", n)
+	}
+	w.Forget(records(rej))
+	if n := w.seen.len(); n != 0 {
+		t.Fatalf("Writer remembers %d letters after Forget, want 0", n)
+	}
+	prod.setFail(nil)
+	if err := w.Write(context.Background(), rej); err != nil {
+		t.Fatal(err)
+	}
+	file, topic := offsets(t, path, prod)
+	for o := int64(100); o < 104; o++ {
+		wantTopic := 1 // the refused ones, now produced
+		if o%2 == 0 {
+			wantTopic = 2 // acknowledged, forgotten, produced again
+		}
+		if file[o] != 2 || topic[o] != wantTopic {
+			t.Errorf("offset %d: %d letters in the file, %d in the topic; want 2 and %d", o, file[o], topic[o], wantTopic)
+		}
+	}
+}
+
+// A caller that abandons failed Writes without calling Forget does not make
+// the Writer remember letters without bound: past the limit the oldest is
+// forgotten, which costs at most a duplicate letter, never a lost one.
+func TestRememberedLettersAreBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dlq.ndjson")
+	prod := &memProducer{fail: func(*kgo.Record) bool { return true }}
+	w, err := New(Config{File: path, Topic: "ktsink.dlq"}, prod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if w.seen.limit != rememberLimit {
+		t.Fatalf("limit %d, want %d", w.seen.limit, rememberLimit)
+	}
+	w.seen.limit = 3
+	rej := rejected(5)
+	for i := range rej {
+		if err := w.Write(context.Background(), rej[i:i+1]); err == nil {
+			t.Fatal("Write succeeded with the topic unwritable")
+		}
+		if n, want := w.seen.len(), min(i+1, 3); n != want {
+			t.Fatalf("Writer remembers %d letters after %d abandoned Writes, want %d", n, i+1, want)
+		}
+	}
+	// Each letter again: the two oldest were forgotten, so the file gets
+	// them a second time; the three newest are still remembered.
+	prod.setFail(nil)
+	if err := w.Write(context.Background(), rej); err != nil {
+		t.Fatal(err)
+	}
+	if n := w.seen.len(); n != 0 {
+		t.Fatalf("Writer remembers %d letters after a Write that succeeded, want 0", n)
+	}
+	file, topic := offsets(t, path, prod)
+	for i := range rej {
+		o := int64(100 + i)
+		wantFile := 1
+		if i < 2 {
+			wantFile = 2
+		}
+		if file[o] != wantFile || topic[o] != 1 {
+			t.Errorf("offset %d: %d letters in the file, %d in the topic; want %d and 1", o, file[o], topic[o], wantFile)
 		}
 	}
 }

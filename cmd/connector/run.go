@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -307,7 +308,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 			return fmt.Errorf("creating the dead-letter producer: %w", err)
 		}
 		defer producer.Close()
-		if err := ensureTopic(ctx, producer, dlqTopic); err != nil {
+		if err := ensureTopic(ctx, producer, dlqTopic, int16(cfg.DLQ.ReplicationFactor)); err != nil {
 			return err
 		}
 	}
@@ -406,30 +407,63 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 // _total, which Prometheus reserves for counters (promtool refuses them);
 // the byte gauges beside them stay.
 func clientMetrics(reg *prometheus.Registry) *kprom.Metrics {
-	return kprom.NewMetrics("ktsink_kafka", kprom.Registerer(withoutGaugesNamedTotal{reg}), kprom.Gatherer(reg), kprom.WithClientLabel())
+	return kprom.NewMetrics(kafkaMetricsNamespace, kprom.Registerer(withoutKpromGaugesNamedTotal{reg}), kprom.Gatherer(reg), kprom.WithClientLabel())
 }
 
-// withoutGaugesNamedTotal registers collectors in a registry, except those
-// that describe a metric named like a counter (…_total) that is not one.
-type withoutGaugesNamedTotal struct{ prometheus.Registerer }
+const kafkaMetricsNamespace = "ktsink_kafka"
 
-func (r withoutGaugesNamedTotal) Register(c prometheus.Collector) error {
-	if g, ok := c.(prometheus.GaugeFunc); ok {
-		ch := make(chan *prometheus.Desc, 1)
-		g.Describe(ch)
-		if strings.Contains((<-ch).String(), `_total"`) {
-			return nil
-		}
+// kpromGaugesNamedTotal are the gauges kprom (v1.5.0) names like counters,
+// as named under our namespace (kprom adds no subsystem; the client_id
+// label tells the clients apart).
+var kpromGaugesNamedTotal = map[string]bool{
+	kafkaMetricsNamespace + "_buffered_produce_records_total": true,
+	kafkaMetricsNamespace + "_buffered_fetch_records_total":   true,
+}
+
+// withoutKpromGaugesNamedTotal registers collectors in a registry, except
+// kprom's gauges named like counters (kpromGaugesNamedTotal). Any other
+// collector registers as usual, a gauge named …_total included (promtool
+// then says so, rather than the gauge silently vanishing).
+type withoutKpromGaugesNamedTotal struct{ prometheus.Registerer }
+
+func (r withoutKpromGaugesNamedTotal) Register(c prometheus.Collector) error {
+	if isKpromGaugeNamedTotal(c) {
+		return nil
 	}
 	return r.Registerer.Register(c)
 }
 
-func (r withoutGaugesNamedTotal) MustRegister(cs ...prometheus.Collector) {
+func (r withoutKpromGaugesNamedTotal) MustRegister(cs ...prometheus.Collector) {
 	for _, c := range cs {
 		if err := r.Register(c); err != nil {
 			panic(err)
 		}
 	}
+}
+
+// isKpromGaugeNamedTotal says whether c is one of kprom's gauges named like
+// counters: a collector of itself (a GaugeFunc is; so is a CounterFunc,
+// hence the look at what it writes) that writes a gauge of one of those
+// names.
+func isKpromGaugeNamedTotal(c prometheus.Collector) bool {
+	m, ok := c.(prometheus.Metric)
+	if !ok || !kpromGaugesNamedTotal[descName(m.Desc())] {
+		return false
+	}
+	var pb dto.Metric
+	return m.Write(&pb) == nil && pb.Gauge != nil
+}
+
+// descName returns the fully qualified name of the metric d describes
+// (prometheus.Desc keeps it unexported; its String shows it quoted, and a
+// metric name holds no quote).
+func descName(d *prometheus.Desc) string {
+	_, rest, ok := strings.Cut(d.String(), `fqName: "`)
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(rest, `"`)
+	return name
 }
 
 func walOpts(cfg config.Config, log *slog.Logger) []wal.Option {
@@ -477,11 +511,13 @@ func startOffsets(wl *wal.WAL, sw *sink.Writer, exactlyOnce map[string]bool, m *
 	}
 }
 
-func ensureTopic(ctx context.Context, cl *kgo.Client, topic string) error {
+// ensureTopic creates the dead-letter topic, with one partition and
+// replicationFactor replicas (-1: the brokers' default), unless it exists.
+func ensureTopic(ctx context.Context, cl *kgo.Client, topic string, replicationFactor int16) error {
 	adm := kadm.NewClient(cl)
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := adm.CreateTopic(tctx, 1, -1, nil, topic)
+	resp, err := adm.CreateTopic(tctx, 1, replicationFactor, nil, topic)
 	if err == nil {
 		err = resp.Err
 	}
