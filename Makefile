@@ -9,17 +9,18 @@
 #   make services-down  stop what services-up started (PostgreSQL keeps its data
 #                       for the next services-up; scripts/postgres.sh purge drops it)
 #
-# Ports and addresses can be overridden: make test PGPORT=15432 KAFKA_PORT=19092.
+# Ports and addresses can be overridden: make test PGPORT=15432 KAFKA_PORT=19092 TSPORT=15434.
 # Commands that need the services run under scripts/with-services.sh.
 
 GO ?= go
 TEST_TIMEOUT ?= 40m
 PGPORT ?= 5432
 KAFKA_PORT ?= 9092
+TSPORT ?= 5434
 KAFKA_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 DATABASE_URL ?= postgres://ktsink:ktsink@127.0.0.1:$(PGPORT)/ktsink?sslmode=disable
 # Only the targets that run services see these; `make unit` stays free of them.
-SERVICES = PGPORT=$(PGPORT) KAFKA_PORT=$(KAFKA_PORT)
+SERVICES = PGPORT=$(PGPORT) KAFKA_PORT=$(KAFKA_PORT) TSPORT=$(TSPORT)
 
 GOFILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git/*')
 
@@ -44,10 +45,13 @@ lint:
 services-up:
 	$(SERVICES) scripts/postgres.sh up
 	$(SERVICES) scripts/kafka.sh up
+	$(SERVICES) scripts/timescale.sh up
 	@$(SERVICES) scripts/postgres.sh env
 	@$(SERVICES) scripts/kafka.sh env
+	@$(SERVICES) scripts/timescale.sh env
 
 services-down:
+	$(SERVICES) scripts/timescale.sh down
 	$(SERVICES) scripts/kafka.sh down
 	$(SERVICES) scripts/postgres.sh down
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"sync"
 	"testing"
@@ -29,6 +30,15 @@ func testPostgres(t testing.TB) string {
 	return url
 }
 
+// redact hides the password of a database URL in a message.
+func redact(url string) string {
+	u, err := neturl.Parse(url)
+	if err != nil {
+		return "the database"
+	}
+	return u.Redacted()
+}
+
 // pgEnv is one test's database: a pool and a schema of its own, dropped
 // at the end.
 type pgEnv struct {
@@ -38,13 +48,18 @@ type pgEnv struct {
 
 func newPGEnv(t testing.TB, conns int) *pgEnv {
 	t.Helper()
-	url := testPostgres(t)
+	return newPGEnvAt(t, testPostgres(t), conns)
+}
+
+// newPGEnvAt is newPGEnv on the database at url.
+func newPGEnvAt(t testing.TB, url string, conns int) *pgEnv {
+	t.Helper()
 	ctx := context.Background()
 	p := &connPool{url: url, conns: make(chan *pgx.Conn, conns)}
 	for range conns {
 		c, err := pgx.Connect(ctx, url)
 		if err != nil {
-			t.Fatalf("connecting to DATABASE_URL: %v", err)
+			t.Fatalf("connecting to %s: %v", redact(url), err)
 		}
 		p.conns <- c
 	}
