@@ -206,7 +206,11 @@ type Coordinator struct {
 	// drop_oldest (to the dead letters with class overflow), error.
 	Overflow string `yaml:"overflow"`
 	// RevokeTimeout bounds the wait for in-flight batches of revoked
-	// partitions. Default 30s.
+	// partitions (held by retries while the database or the dead letters
+	// are down). Past it they are cancelled: they never write the revoked
+	// partitions, whose next owner reads those records again, and their
+	// records of partitions still owned are written as new batches.
+	// Default 30s.
 	RevokeTimeout Duration `yaml:"revoke_timeout"`
 }
 

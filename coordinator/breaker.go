@@ -70,6 +70,13 @@ func (b *Breaker) State() BreakerState {
 // one caller at a time gets true (the probe). When false, wait tells how
 // long until it is worth asking again.
 func (b *Breaker) Allow() (ok bool, wait time.Duration) {
+	ok, _, wait = b.allow()
+	return ok, wait
+}
+
+// allow is Allow that also tells whether the caller got the half-open
+// probe, which it must end with Success, Failure or abandonProbe.
+func (b *Breaker) allow() (ok, probe bool, wait time.Duration) {
 	b.mu.Lock()
 	from, to := b.tickLocked()
 	switch b.state {
@@ -78,7 +85,7 @@ func (b *Breaker) Allow() (ok bool, wait time.Duration) {
 	case HalfOpen:
 		if !b.probing {
 			b.probing = true
-			ok = true
+			ok, probe = true, true
 		} else {
 			wait = 50 * time.Millisecond
 		}
@@ -87,7 +94,19 @@ func (b *Breaker) Allow() (ok bool, wait time.Duration) {
 	}
 	b.mu.Unlock()
 	b.notify(from, to)
-	return ok, wait
+	return ok, probe, wait
+}
+
+// abandonProbe ends a probe that got no verdict on the database (its
+// attempt was cancelled, or failed on the dead letters): the next Allow in
+// half-open state probes instead. Without it the breaker would stay
+// half-open with a probe nobody ends, and refuse every write.
+func (b *Breaker) abandonProbe() {
+	b.mu.Lock()
+	if b.state == HalfOpen {
+		b.probing = false
+	}
+	b.mu.Unlock()
 }
 
 // Success records a successful write: the breaker closes.

@@ -35,6 +35,9 @@ type Sink interface {
 type WAL interface {
 	Append(spans []record.Span, records int) (uint64, error)
 	MarkApplied(id uint64) error
+	// Discard forgets a batch that will not be written (its partitions
+	// were revoked); an unknown id is not an error.
+	Discard(id uint64) error
 	Trim(committed map[record.TopicPartition]int64) (int, error)
 }
 
@@ -92,7 +95,19 @@ var (
 	ErrQueueFull = errors.New("coordinator queue full")
 	// ErrClosed is returned by Submit after Drain began.
 	ErrClosed = errors.New("coordinator draining")
+
+	// errPartitionRevoked is the cause with which Revoke cancels the
+	// batches of its partitions that are still in flight after
+	// RevokeTimeout. It never leaves the package: the worker drops those
+	// partitions from the batch and goes on.
+	errPartitionRevoked = errors.New("partition revoked while its batch was in flight")
 )
+
+// revokeGrace bounds how long Revoke waits, after cancelling the batches
+// it gave up waiting for, for them to end (never longer than
+// RevokeTimeout): a cancelled database transaction takes a moment to
+// roll back.
+const revokeGrace = 5 * time.Second
 
 // Option sets an injected dependency.
 type Option func(*Coordinator)
@@ -145,6 +160,7 @@ type Coordinator struct {
 	space         chan struct{} // closed and replaced when the queue shrinks
 	flow          chan struct{} // closed and replaced when backpressure changes
 	inflightDone  chan struct{} // closed and replaced when a batch completes
+	flights       map[*flight]struct{}
 	workersAlive  int
 	commitWake    chan struct{}
 	commitMu      sync.Mutex // one offset commit at a time; revoke waits for it
@@ -164,6 +180,18 @@ type partition struct {
 	revoked   bool
 	fenced    bool
 	lastTS    time.Time // timestamp of the last completed record, for latency
+
+	// handedOver is set when Revoke gives up waiting for the partition's
+	// in-flight batches: none of them may write it any more, since its next
+	// owner may already have written newer values for the same keys.
+	handedOver bool
+}
+
+// flight is a batch between its WAL append and its end, with the cancel
+// function of the context its writes run under, so that Revoke can stop it.
+type flight struct {
+	parts  []*partition
+	cancel context.CancelCauseFunc
 }
 
 type item struct {
@@ -241,6 +269,7 @@ func New(cfg Config, sink Sink, wal WAL, dlq DeadLetters, committer Committer, o
 		space:        make(chan struct{}),
 		flow:         make(chan struct{}),
 		inflightDone: make(chan struct{}),
+		flights:      map[*flight]struct{}{},
 		commitWake:   make(chan struct{}, 1),
 		done:         make(chan struct{}),
 	}
@@ -659,7 +688,8 @@ func (c *Coordinator) nextBatch(ctx context.Context, w *worker) (b *record.Batch
 }
 
 // process lands one batch: WAL pending, sink transaction (retried), WAL
-// applied, then the batch's records count as done for the committer.
+// applied, then the batch's records count as done for the committer. The
+// records of partitions handed over by Revoke meanwhile are not landed.
 func (c *Coordinator) process(ctx context.Context, b *record.Batch, parts []*partition) error {
 	start := time.Now()
 	id, err := c.wal.Append(b.Spans, len(b.Records))
@@ -672,7 +702,17 @@ func (c *Coordinator) process(ctx context.Context, b *record.Batch, parts []*par
 		c.hooks.AfterWALAppend(b)
 	}
 	writeStart := time.Now()
-	if err := c.write(ctx, b); err != nil {
+	err = c.writeOwned(ctx, b, parts)
+	for errors.Is(err, errPartitionRevoked) {
+		// Revoke gave up waiting for some of the partitions: write only
+		// the others, if any (a revoke is no failure of the worker)
+		if b, parts, err = c.dropRevoked(b, parts); b == nil {
+			return err
+		}
+		id = b.ID
+		err = c.writeOwned(ctx, b, parts)
+	}
+	if err != nil {
 		if c.fenced(err) {
 			c.log.Warn("batch fenced: another process owns its partitions now; abandoning it", "batch", id, "err", err)
 			c.release(parts, func(ps *partition) { ps.fenced = true })
@@ -721,6 +761,88 @@ func (c *Coordinator) process(ctx context.Context, b *record.Batch, parts []*par
 	return nil
 }
 
+// writeOwned writes b under a context of its own, registered as a flight:
+// Revoke cancels it with errPartitionRevoked when it gives up waiting for
+// one of the batch's partitions, and then writeOwned returns
+// errPartitionRevoked (unless the batch landed first, or ctx ended).
+func (c *Coordinator) writeOwned(ctx context.Context, b *record.Batch, parts []*partition) error {
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	fl := &flight{parts: parts, cancel: cancel}
+	c.mu.Lock()
+	c.flights[fl] = struct{}{}
+	if slices.ContainsFunc(parts, func(ps *partition) bool { return ps.handedOver }) {
+		// handed over between nextBatch and now
+		cancel(errPartitionRevoked)
+	}
+	c.mu.Unlock()
+	err := c.write(bctx, b)
+	c.mu.Lock()
+	delete(c.flights, fl)
+	c.mu.Unlock()
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(bctx), errPartitionRevoked) {
+		return errPartitionRevoked
+	}
+	return err
+}
+
+// dropRevoked takes the partitions Revoke handed over out of batch b: their
+// records must not land any more. It releases them and discards b from the
+// WAL. When other partitions of b are still owned, it returns the batch
+// reduced to them, appended to the WAL as a new entry (before b's entry is
+// discarded, so their records stay covered), to be written instead; else a
+// nil batch. The error is the WAL's.
+func (c *Coordinator) dropRevoked(b *record.Batch, parts []*partition) (*record.Batch, []*partition, error) {
+	kept := &record.Batch{}
+	var keep, gone []*partition
+	var dropped []record.Span
+	c.mu.Lock()
+	for i, ps := range parts {
+		// parts[i] is the partition of b.Spans[i] (nextBatch)
+		if ps.handedOver {
+			gone = append(gone, ps)
+			dropped = append(dropped, b.Spans[i])
+		} else {
+			keep = append(keep, ps)
+			kept.Spans = append(kept.Spans, b.Spans[i])
+		}
+	}
+	c.mu.Unlock()
+	if len(keep) == 0 {
+		c.log.Warn("batch abandoned: its partitions were revoked while it waited for the database; their next owner reads its records again",
+			"batch", b.ID, "spans", spansString(b.Spans))
+		err := c.wal.Discard(b.ID)
+		c.release(gone, nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("discarding abandoned batch %d from the WAL: %w", b.ID, err)
+		}
+		return nil, nil, nil
+	}
+	for _, r := range b.Records {
+		if slices.ContainsFunc(keep, func(ps *partition) bool { return ps.tp == r.TP() }) {
+			kept.Records = append(kept.Records, r)
+		}
+	}
+	id, err := c.wal.Append(kept.Spans, len(kept.Records))
+	if err != nil {
+		c.release(parts, nil)
+		return nil, nil, fmt.Errorf("recording batch %d reduced to the partitions still owned in the WAL: %w", b.ID, err)
+	}
+	kept.ID = id
+	c.log.Warn("revoked partitions dropped from a batch waiting for the database; their next owner reads those records again, the rest is written as a new batch",
+		"batch", b.ID, "abandoned_spans", spansString(dropped), "new_batch", id, "spans", spansString(kept.Spans))
+	err = c.wal.Discard(b.ID)
+	c.release(gone, nil)
+	if err != nil {
+		c.release(keep, nil)
+		return nil, nil, fmt.Errorf("discarding batch %d from the WAL: %w", b.ID, err)
+	}
+	if c.hooks.AfterWALAppend != nil {
+		c.hooks.AfterWALAppend(kept)
+	}
+	return kept, keep, nil
+}
+
 // release ends a batch that did not land: its records stay un-done, so no
 // offset passes them.
 func (c *Coordinator) release(parts []*partition, f func(*partition)) {
@@ -742,7 +864,13 @@ func (c *Coordinator) write(ctx context.Context, b *record.Batch) error {
 	bo := c.newBackOff()
 	attempts := 0
 	for {
-		ok, wait := c.breaker.Allow()
+		// no new attempt once the batch is cancelled (its partitions were
+		// handed over, or the worker stops), even if a backoff timer fired
+		// at the same moment
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ok, probe, wait := c.breaker.allow()
 		if !ok {
 			if err := sleepCtx(ctx, max(wait, 10*time.Millisecond)); err != nil {
 				return err
@@ -767,6 +895,9 @@ func (c *Coordinator) write(ctx context.Context, b *record.Batch) error {
 		}
 		c.m.SinkWrites.WithLabelValues("error").Inc()
 		if ctx.Err() != nil {
+			if probe {
+				c.breaker.abandonProbe()
+			}
 			return ctx.Err()
 		}
 		var dl *deadLetterError
@@ -775,11 +906,17 @@ func (c *Coordinator) write(ctx context.Context, b *record.Batch) error {
 			// the dead letters are unavailable: keep the batch, do not
 			// blame the database
 			c.m.WriteErrors.WithLabelValues("dead_letter").Inc()
+			if probe {
+				c.breaker.abandonProbe()
+			}
 		case c.retryable(err):
 			c.breaker.Failure()
 			c.m.WriteErrors.WithLabelValues(string(record.ClassTransient)).Inc()
 		default:
 			c.m.WriteErrors.WithLabelValues("permanent").Inc()
+			if probe {
+				c.breaker.abandonProbe()
+			}
 			return err
 		}
 		attempts++
@@ -937,15 +1074,26 @@ func (c *Coordinator) commit(ctx context.Context, only map[record.TopicPartition
 // in-flight batches are waited for (up to RevokeTimeout), the contiguous
 // landed prefix is committed when commit is true (revoked; false when
 // lost), and they are forgotten. Nothing of theirs is committed afterwards.
+//
+// Batches still in flight after RevokeTimeout (held by retries while the
+// database or the dead letters are down) are cancelled: landing later, they
+// could overwrite with older values what the partitions' next owner has
+// written since. Revoke then waits a little more for them to end (at most
+// 5s, and never more than RevokeTimeout), even if ctx has ended. A
+// cancelled batch loses only the revoked partitions, whose records the next
+// owner reads again: those of partitions still owned are written as a new
+// batch. The error says when batches had to be cancelled.
 func (c *Coordinator) Revoke(ctx context.Context, tps []record.TopicPartition, commit bool) error {
 	only := map[record.TopicPartition]bool{}
+	var revoked []*partition
 	c.mu.Lock()
 	for _, tp := range tps {
 		ps := c.parts[tp]
-		if ps == nil {
+		if ps == nil || only[tp] {
 			continue
 		}
 		only[tp] = true
+		revoked = append(revoked, ps)
 		ps.revoked = true
 		w := c.workers[ps.worker]
 		kept := w.q[:w.head]
@@ -971,29 +1119,23 @@ func (c *Coordinator) Revoke(ctx context.Context, tps []record.TopicPartition, c
 		return nil
 	}
 
-	deadline := time.NewTimer(c.cfg.RevokeTimeout)
-	defer deadline.Stop()
 	var waitErr error
-	for {
-		c.mu.Lock()
-		busy := 0
-		for tp := range only {
-			busy += c.parts[tp].inflight
+	if busy, err := c.waitIdle(ctx, revoked, c.cfg.RevokeTimeout); busy > 0 {
+		if err == nil {
+			err = fmt.Errorf("%d batches still in flight after %s", busy, c.cfg.RevokeTimeout)
+		} else {
+			err = fmt.Errorf("%d batches still in flight: %w", busy, err)
 		}
-		ch := c.inflightDone
-		c.mu.Unlock()
-		if busy == 0 {
-			break
+		cancelled := c.handOver(revoked)
+		// bounded, and waited even when ctx has ended: the partitions go
+		// to another process either way
+		grace := min(revokeGrace, c.cfg.RevokeTimeout)
+		left, _ := c.waitIdle(context.WithoutCancel(ctx), revoked, grace)
+		waitErr = fmt.Errorf("revoking %d partitions: %w: %d cancelled, their records of these partitions left uncommitted",
+			len(only), err, cancelled)
+		if left > 0 {
+			waitErr = fmt.Errorf("%w; %d still running %s after the cancel, which may yet land", waitErr, left, grace)
 		}
-		select {
-		case <-ch:
-			continue
-		case <-deadline.C:
-			waitErr = fmt.Errorf("revoking %d partitions: %d batches still in flight after %s; their records are left uncommitted", len(only), busy, c.cfg.RevokeTimeout)
-		case <-ctx.Done():
-			waitErr = fmt.Errorf("revoking partitions: %w", ctx.Err())
-		}
-		break
 	}
 	var commitErr error
 	if commit && waitErr == nil {
@@ -1001,12 +1143,60 @@ func (c *Coordinator) Revoke(ctx context.Context, tps []record.TopicPartition, c
 	}
 	c.commitMu.Lock() // no commit of these partitions is in flight past here
 	c.mu.Lock()
-	for tp := range only {
-		delete(c.parts, tp)
+	for _, ps := range revoked {
+		if c.parts[ps.tp] == ps {
+			delete(c.parts, ps.tp)
+		}
 	}
 	c.mu.Unlock()
 	c.commitMu.Unlock()
 	return errors.Join(waitErr, commitErr)
+}
+
+// waitIdle waits until none of parts has a batch in flight, or d has
+// passed, or ctx ends. It returns how many batches are still in flight
+// (a batch counted once per partition of parts it covers) and, when ctx
+// ended, its error.
+func (c *Coordinator) waitIdle(ctx context.Context, parts []*partition, d time.Duration) (busy int, err error) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		c.mu.Lock()
+		busy = 0
+		for _, ps := range parts {
+			busy += ps.inflight
+		}
+		ch := c.inflightDone
+		c.mu.Unlock()
+		if busy == 0 {
+			return 0, nil
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return busy, nil
+		case <-ctx.Done():
+			return busy, ctx.Err()
+		}
+	}
+}
+
+// handOver marks parts as handed over, so that no batch writes them any
+// more, and cancels the in-flight batches that cover any of them. It
+// returns how many it cancelled.
+func (c *Coordinator) handOver(parts []*partition) (cancelled int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ps := range parts {
+		ps.handedOver = true
+	}
+	for fl := range c.flights {
+		if slices.ContainsFunc(fl.parts, func(ps *partition) bool { return ps.handedOver }) {
+			fl.cancel(errPartitionRevoked)
+			cancelled++
+		}
+	}
+	return cancelled
 }
 
 // Status is a snapshot for /status and the health checks.

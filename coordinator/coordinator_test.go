@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ type world struct {
 	committed  map[record.TopicPartition]int64
 	events     []string
 	walState   map[uint64]string
+	walSpans   map[uint64][]record.Span
 	nextID     uint64
 	commits    int
 	violations []string
@@ -36,13 +38,16 @@ type world struct {
 	reject     func(r *record.Record) bool
 	hold       chan struct{} // when set, Write waits on it
 	dlqFail    func() error
+	entered    func(b *record.Batch) // when set, called as Write begins
+	cancelled  int                   // Writes that ended because their ctx did
 }
 
 func newWorld(t *testing.T) *world {
 	return &world{
 		t: t, landed: map[record.TopicPartition]map[int64]bool{}, dead: map[record.TopicPartition]map[int64]record.ErrorClass{},
 		lastLanded: map[record.TopicPartition]int64{}, writing: map[record.TopicPartition]bool{},
-		committed: map[record.TopicPartition]int64{}, walState: map[uint64]string{}, attempts: map[uint64]int{},
+		committed: map[record.TopicPartition]int64{}, walState: map[uint64]string{}, walSpans: map[uint64][]record.Span{},
+		attempts: map[uint64]int{},
 	}
 }
 
@@ -55,7 +60,18 @@ func (w *world) Append(spans []record.Span, records int) (uint64, error) {
 	defer w.mu.Unlock()
 	w.nextID++
 	w.walState[w.nextID] = "pending"
+	w.walSpans[w.nextID] = spans
 	return w.nextID, nil
+}
+
+func (w *world) Discard(id uint64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if st := w.walState[id]; st != "pending" {
+		w.violate("batch %d discarded in state %q", id, st)
+	}
+	w.walState[id] = "discarded"
+	return nil
 }
 
 func (w *world) MarkApplied(id uint64) error {
@@ -71,6 +87,12 @@ func (w *world) MarkApplied(id uint64) error {
 func (w *world) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
 
 func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.Context, []record.Rejected) error) error {
+	w.mu.Lock()
+	entered := w.entered
+	w.mu.Unlock()
+	if entered != nil {
+		entered(b)
+	}
 	w.mu.Lock()
 	if w.walState[b.ID] != "pending" {
 		w.violate("batch %d written while WAL state %q", b.ID, w.walState[b.ID])
@@ -96,6 +118,9 @@ func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.
 		select {
 		case <-hold:
 		case <-ctx.Done():
+			w.mu.Lock()
+			w.cancelled++
+			w.mu.Unlock()
 			return ctx.Err()
 		}
 	}
@@ -122,6 +147,12 @@ func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// like a database transaction, whose commit fails once its context
+	// is cancelled
+	if err := ctx.Err(); err != nil {
+		w.cancelled++
+		return err
+	}
 	rejected := map[*record.Record]bool{}
 	for _, r := range rej {
 		rejected[r.Record] = true
@@ -650,6 +681,308 @@ func TestLostCommitsNothing(t *testing.T) {
 	w.check()
 	if w.commits != 0 {
 		t.Fatalf("%d commits for a lost partition", w.commits)
+	}
+}
+
+// recordsOf returns n records of tp from offset from.
+func recordsOf(tp record.TopicPartition, from, n int64) []*record.Record {
+	var recs []*record.Record
+	for o := from; o < from+n; o++ {
+		recs = append(recs, &record.Record{Topic: tp.Topic, Partition: tp.Partition, Offset: o, LeaderEpoch: 1})
+	}
+	return recs
+}
+
+// waitFor waits until ch is closed; the bound only keeps a broken test from
+// hanging.
+func waitFor(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// outage makes the sink (or the dead letters) fail with a transient error
+// until end is called, and closes failed at the first failure.
+type outage struct {
+	mu     sync.Mutex
+	down   bool
+	failed chan struct{}
+	once   sync.Once
+}
+
+func newOutage() *outage { return &outage{down: true, failed: make(chan struct{})} }
+
+func (o *outage) err() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.down {
+		return nil
+	}
+	o.once.Do(func() { close(o.failed) })
+	return errTransient
+}
+
+func (o *outage) end() {
+	o.mu.Lock()
+	o.down = false
+	o.mu.Unlock()
+}
+
+func retryTransient(err error) bool { return errors.Is(err, errTransient) }
+
+// TestRevokeCancelsBatchHeldPastTimeout: a batch held past RevokeTimeout is
+// cancelled and never lands once the outage ends, since the partition's
+// next owner may have written newer values for the same keys by then. The
+// worker goes on with the partitions it kept, and Run ends without error.
+func TestRevokeCancelsBatchHeldPastTimeout(t *testing.T) {
+	tests := []struct {
+		name string
+		held string // what holds the batch: "database", "breaker" or "dead letters"
+	}{
+		{name: "retries while the database is down", held: "database"},
+		{name: "waiting for the open breaker", held: "breaker"},
+		{name: "retries while the dead letters are down", held: "dead letters"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			out := newOutage()
+			cfg := testConfig()
+			cfg.Workers = 1
+			cfg.RevokeTimeout = 50 * time.Millisecond
+			tps := partitions(2)
+			switch tt.held {
+			case "database", "breaker":
+				w.fail = func(*record.Batch, int) error { return out.err() }
+			case "dead letters":
+				w.reject = func(r *record.Record) bool { return r.TP() == tps[0] && r.Offset == 3 }
+				w.dlqFail = out.err
+			}
+			var clockMu sync.Mutex
+			clock := time.Now()
+			if tt.held == "breaker" {
+				// one failure opens the breaker for an hour of a clock the
+				// test moves
+				cfg.BreakerThreshold, cfg.BreakerHalfOpenAfter = 1, time.Hour
+			}
+			c := newCoord(t, w, cfg, WithRetryable(retryTransient))
+			c.breaker.now = func() time.Time {
+				clockMu.Lock()
+				defer clockMu.Unlock()
+				return clock
+			}
+			c.Assign(tps)
+			wait := runCoord(t, c)
+			if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, out.failed, "the first failed write")
+			if tt.held == "breaker" {
+				for {
+					changed := c.breaker.Changed()
+					if c.BreakerState() == Open {
+						break
+					}
+					waitFor(t, changed, "the breaker to open")
+				}
+			}
+
+			err := c.Revoke(context.Background(), tps[:1], true)
+			t.Logf("Revoke: %v", err)
+			// the outage ends after Revoke returned: the revoked partition
+			// belongs to another process now
+			clockMu.Lock()
+			clock = clock.Add(2 * time.Hour)
+			clockMu.Unlock()
+			out.end()
+			// the worker goes on with the partition it kept; Drain waits
+			// for it, so the held batch has ended one way or the other
+			if err := c.Submit(context.Background(), recordsOf(tps[1], 0, 10)); err != nil {
+				t.Fatal(err)
+			}
+			if err := wait(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			w.check()
+			if n, d := len(w.landed[tps[0]]), len(w.dead[tps[0]]); n+d != 0 {
+				t.Errorf("after Revoke returned, %d records of the revoked partition landed and %d were dead-lettered", n, d)
+			}
+			if off, ok := w.committed[tps[0]]; ok {
+				t.Errorf("revoked partition committed at %d", off)
+			}
+			if len(w.landed[tps[1]]) != 10 || w.committed[tps[1]] != 10 {
+				t.Errorf("kept partition: %d landed, committed %d; want 10 and 10", len(w.landed[tps[1]]), w.committed[tps[1]])
+			}
+			if st := w.walState[1]; st != "discarded" {
+				t.Errorf("WAL entry of the held batch is %q, want discarded", st)
+			}
+		})
+	}
+}
+
+// TestRevokeKeepsOwnedPartitionsOfHeldBatch: a batch covering two
+// partitions, one of them revoked while the database is down, lands only
+// the records of the partition still owned, as a new WAL entry, and that
+// partition's offsets are committed.
+func TestRevokeKeepsOwnedPartitionsOfHeldBatch(t *testing.T) {
+	w := newWorld(t)
+	out := newOutage()
+	w.fail = func(*record.Batch, int) error { return out.err() }
+	var first []record.Span
+	var once sync.Once
+	w.entered = func(b *record.Batch) { once.Do(func() { first = b.Spans }) }
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.RevokeTimeout = 50 * time.Millisecond
+	c := newCoord(t, w, cfg, WithRetryable(retryTransient))
+	tps := partitions(2)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	// one Submit queues both partitions' records at once: they make one batch
+	recs := append(recordsOf(tps[0], 0, 10), recordsOf(tps[1], 0, 10)...)
+	if err := c.Submit(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out.failed, "the first failed write")
+	if len(first) != 2 {
+		t.Fatalf("first batch spans %v, want both partitions", first)
+	}
+
+	err := c.Revoke(context.Background(), tps[:1], true)
+	t.Logf("Revoke: %v", err)
+	out.end()
+	if err := wait(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	w.check()
+	if n := len(w.landed[tps[0]]); n != 0 {
+		t.Errorf("%d records of the revoked partition landed after Revoke returned", n)
+	}
+	if off, ok := w.committed[tps[0]]; ok {
+		t.Errorf("revoked partition committed at %d", off)
+	}
+	if len(w.landed[tps[1]]) != 10 || w.committed[tps[1]] != 10 {
+		t.Errorf("kept partition: %d landed, committed %d; want 10 and 10", len(w.landed[tps[1]]), w.committed[tps[1]])
+	}
+	if st := w.walState[1]; st != "discarded" {
+		t.Errorf("WAL entry of the mixed batch is %q, want discarded", st)
+	}
+	var applied [][]record.Span
+	for id, st := range w.walState {
+		if st == "applied" {
+			applied = append(applied, w.walSpans[id])
+		}
+	}
+	want := []record.Span{{TopicPartition: tps[1], From: 0, Next: 10}}
+	if len(applied) != 1 || !slices.Equal(applied[0], want) {
+		t.Errorf("applied batches %v, want one with spans %v", applied, want)
+	}
+}
+
+// TestRevokeCancelsWriteInProgress: a write blocked inside the sink past
+// RevokeTimeout sees its context cancelled, and the batch never lands.
+func TestRevokeCancelsWriteInProgress(t *testing.T) {
+	w := newWorld(t)
+	hold := make(chan struct{})
+	w.hold = hold
+	entered := make(chan struct{})
+	var once sync.Once
+	w.entered = func(*record.Batch) { once.Do(func() { close(entered) }) }
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.RevokeTimeout = 50 * time.Millisecond
+	c := newCoord(t, w, cfg)
+	tps := partitions(2)
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, entered, "the write to begin")
+
+	err := c.Revoke(context.Background(), tps[:1], true)
+	t.Logf("Revoke: %v", err)
+	close(hold)
+	if err := c.Submit(context.Background(), recordsOf(tps[1], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	w.check()
+	if w.cancelled != 1 {
+		t.Errorf("%d writes saw their context cancelled, want 1", w.cancelled)
+	}
+	if n := len(w.landed[tps[0]]); n != 0 {
+		t.Errorf("%d records of the revoked partition landed after Revoke returned", n)
+	}
+	if len(w.landed[tps[1]]) != 10 || w.committed[tps[1]] != 10 {
+		t.Errorf("kept partition: %d landed, committed %d; want 10 and 10", len(w.landed[tps[1]]), w.committed[tps[1]])
+	}
+	if st := w.walState[1]; st != "discarded" {
+		t.Errorf("WAL entry of the cancelled batch is %q, want discarded", st)
+	}
+}
+
+// TestCancelledProbeFreesTheBreaker: when the half-open breaker's probe is
+// a batch that Revoke cancels, the probe is given back: the next batch
+// probes, lands, and closes the breaker, instead of every write waiting
+// for a verdict that never comes.
+func TestCancelledProbeFreesTheBreaker(t *testing.T) {
+	w := newWorld(t)
+	tps := partitions(2)
+	hold := make(chan struct{})
+	w.fail = func(b *record.Batch, attempt int) error {
+		if attempt > 1 || b.Spans[0].TopicPartition != tps[0] {
+			return nil
+		}
+		// the first attempt fails and opens the breaker; the next one,
+		// the half-open probe, blocks in the sink
+		w.mu.Lock()
+		w.hold = hold
+		w.mu.Unlock()
+		return errTransient
+	}
+	probing := make(chan struct{})
+	var entries int
+	w.entered = func(*record.Batch) {
+		if entries++; entries == 2 {
+			close(probing)
+		}
+	}
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.RevokeTimeout = 50 * time.Millisecond
+	cfg.BreakerThreshold, cfg.BreakerHalfOpenAfter = 1, 10*time.Millisecond
+	c := newCoord(t, w, cfg, WithRetryable(retryTransient))
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, probing, "the half-open probe")
+	if s := c.BreakerState(); s != HalfOpen {
+		t.Fatalf("breaker %s during the probe, want half_open", s)
+	}
+
+	err := c.Revoke(context.Background(), tps[:1], true)
+	t.Logf("Revoke: %v", err)
+	close(hold)
+	if err := c.Submit(context.Background(), recordsOf(tps[1], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	w.check()
+	if len(w.landed[tps[1]]) != 10 || w.committed[tps[1]] != 10 {
+		t.Errorf("kept partition: %d landed, committed %d; want 10 and 10", len(w.landed[tps[1]]), w.committed[tps[1]])
+	}
+	if s := c.BreakerState(); s != Closed {
+		t.Errorf("breaker %s after a landed write, want closed", s)
 	}
 }
 

@@ -73,6 +73,7 @@ func (m *memWAL) Append([]record.Span, int) (uint64, error) {
 	return m.id, nil
 }
 func (m *memWAL) MarkApplied(uint64) error                          { return nil }
+func (m *memWAL) Discard(uint64) error                              { return nil }
 func (m *memWAL) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
 
 type noDLQ struct{}

@@ -13,6 +13,14 @@
 // that first) and which pending batches were in doubt (re-read them from
 // Kafka and apply them again: upserts are idempotent).
 //
+// A batch that will never be written, because the partitions it covers were
+// revoked while it waited for the database, is removed with [WAL.Discard]:
+// left pending, it would look like a stuck batch, and for a partition this
+// process is assigned again it would be reported in doubt for nothing. When
+// only some of its partitions were revoked, the worker appends the reduced
+// batch before it discards the old one, so that the records it still writes
+// are always covered by a pending entry.
+//
 // # Durability and fsync
 //
 // By default every Append and MarkApplied is one bbolt read-write
@@ -193,8 +201,8 @@ type options struct {
 	now    func() time.Time
 	logger *slog.Logger
 	// failpoint, when set, is called by write transactions just before
-	// they commit, with the operation's name ("append", "mark"). Tests use
-	// it to kill the process with a transaction open.
+	// they commit, with the operation's name ("append", "mark",
+	// "discard"). Tests use it to kill the process with a transaction open.
 	failpoint func(name string)
 }
 
@@ -376,6 +384,36 @@ func (w *WAL) MarkApplied(id uint64) error {
 	})
 	if err != nil {
 		return w.errorf("marking entry %d applied: %w", id, err)
+	}
+	return nil
+}
+
+// Discard deletes entry id and its index keys: the batch will not be
+// written (its partitions were revoked) and must not be reported in doubt.
+// Discarding an ID that no entry has does nothing and returns nil, since
+// Trim may already have deleted the entry once committed offsets passed it.
+func (w *WAL) Discard(id uint64) error {
+	err := w.update(func(tx *bolt.Tx) error {
+		entries, _, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		v := entries.Get(idKey(id))
+		if v == nil {
+			return nil
+		}
+		e, err := decodeEntry(id, v)
+		if err != nil {
+			return err
+		}
+		if err := deleteEntry(tx, &e); err != nil {
+			return err
+		}
+		w.fail("discard")
+		return nil
+	})
+	if err != nil {
+		return w.errorf("discarding entry %d: %w", id, err)
 	}
 	return nil
 }

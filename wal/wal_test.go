@@ -336,6 +336,55 @@ func TestTrimAcrossCalls(t *testing.T) {
 	}
 }
 
+// TestDiscard: a discarded entry is gone from the counts, the listing and
+// the recovery of each of its partitions; discarding an unknown ID (never
+// appended, already discarded or trimmed) does nothing.
+func TestDiscard(t *testing.T) {
+	w := openT(t, "")
+	setup(t, w, []batch{
+		{[]record.Span{sp(tp0, 0, 10), sp(tp1, 0, 5)}, false}, // revoked while pending
+		{[]record.Span{sp(tp1, 0, 5)}, false},                 // its reduced batch
+	})
+	if st, err := w.Stats(); err != nil || st.Pending != 2 {
+		t.Fatalf("Stats before Discard = %+v, %v; want 2 pending", st, err)
+	}
+	if err := w.Discard(1); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := w.Stats(); err != nil || st.Pending != 1 {
+		t.Fatalf("Stats after Discard = %+v, %v; want 1 pending", st, err)
+	}
+	if got := entryIDs(t, w); !slices.Equal(got, []uint64{2}) {
+		t.Fatalf("entries %v, want [2]", got)
+	}
+	for _, tt := range []struct {
+		tp   record.TopicPartition
+		want []uint64
+	}{{tp0, []uint64{}}, {tp1, []uint64{2}}} {
+		rec, err := w.Recover(tt.tp, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ids(rec.InDoubt); !slices.Equal(got, tt.want) {
+			t.Errorf("Recover(%v) in doubt %v, want %v", tt.tp, got, tt.want)
+		}
+	}
+	for _, id := range []uint64{1, 99} {
+		if err := w.Discard(id); err != nil {
+			t.Errorf("Discard(%d) of an unknown ID = %v, want nil", id, err)
+		}
+	}
+	if got := entryIDs(t, w); !slices.Equal(got, []uint64{2}) {
+		t.Fatalf("entries %v after discarding unknown IDs, want [2]", got)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Discard(2); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Discard after Close = %v, want ErrClosed", err)
+	}
+}
+
 func TestRecover(t *testing.T) {
 	a := func(tp record.TopicPartition, from, next int64) batch {
 		return batch{[]record.Span{sp(tp, from, next)}, true}
