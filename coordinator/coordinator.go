@@ -44,6 +44,10 @@ type WAL interface {
 // DeadLetters makes rejected records durable (package dlq).
 type DeadLetters interface {
 	Write(ctx context.Context, rejected []record.Rejected) error
+	// Forget says the records' batch was abandoned: a failed Write of
+	// their letters will not be retried, so what it remembers of them for
+	// the retry can go.
+	Forget(recs []*record.Record)
 }
 
 // Committer commits consumer offsets (package source).
@@ -713,6 +717,7 @@ func (c *Coordinator) process(ctx context.Context, b *record.Batch, parts []*par
 		err = c.writeOwned(ctx, b, parts)
 	}
 	if err != nil {
+		c.dlq.Forget(b.Records)
 		if c.fenced(err) {
 			c.log.Warn("batch fenced: another process owns its partitions now; abandoning it", "batch", id, "err", err)
 			c.release(parts, func(ps *partition) { ps.fenced = true })
@@ -808,6 +813,13 @@ func (c *Coordinator) dropRevoked(b *record.Batch, parts []*partition) (*record.
 		}
 	}
 	c.mu.Unlock()
+	var droppedRecs []*record.Record
+	for _, r := range b.Records {
+		if slices.ContainsFunc(gone, func(ps *partition) bool { return ps.tp == r.TP() }) {
+			droppedRecs = append(droppedRecs, r)
+		}
+	}
+	c.dlq.Forget(droppedRecs)
 	if len(keep) == 0 {
 		c.log.Warn("batch abandoned: its partitions were revoked while it waited for the database; their next owner reads its records again",
 			"batch", b.ID, "spans", spansString(b.Spans))

@@ -21,6 +21,7 @@ type world struct {
 
 	landed     map[record.TopicPartition]map[int64]bool
 	dead       map[record.TopicPartition]map[int64]record.ErrorClass
+	forgotten  map[record.TopicPartition]map[int64]bool // records whose batch was abandoned (DeadLetters.Forget)
 	lastLanded map[record.TopicPartition]int64
 	writing    map[record.TopicPartition]bool
 	committed  map[record.TopicPartition]int64
@@ -45,6 +46,7 @@ type world struct {
 func newWorld(t *testing.T) *world {
 	return &world{
 		t: t, landed: map[record.TopicPartition]map[int64]bool{}, dead: map[record.TopicPartition]map[int64]record.ErrorClass{},
+		forgotten:  map[record.TopicPartition]map[int64]bool{},
 		lastLanded: map[record.TopicPartition]int64{}, writing: map[record.TopicPartition]bool{},
 		committed: map[record.TopicPartition]int64{}, walState: map[uint64]string{}, walSpans: map[uint64][]record.Span{},
 		attempts: map[uint64]int{},
@@ -177,6 +179,17 @@ func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.
 
 // DeadLetters
 type dlqFunc struct{ w *world }
+
+func (d dlqFunc) Forget(recs []*record.Record) {
+	d.w.mu.Lock()
+	defer d.w.mu.Unlock()
+	for _, r := range recs {
+		if d.w.forgotten[r.TP()] == nil {
+			d.w.forgotten[r.TP()] = map[int64]bool{}
+		}
+		d.w.forgotten[r.TP()][r.Offset] = true
+	}
+}
 
 func (d dlqFunc) Write(_ context.Context, rej []record.Rejected) error {
 	d.w.mu.Lock()
@@ -818,6 +831,9 @@ func TestRevokeCancelsBatchHeldPastTimeout(t *testing.T) {
 			}
 			if st := w.walState[1]; st != "discarded" {
 				t.Errorf("WAL entry of the held batch is %q, want discarded", st)
+			}
+			if n := len(w.forgotten[tps[0]]); n != 10 {
+				t.Errorf("the dead letters were told to forget %d records of the abandoned batch, want 10", n)
 			}
 		})
 	}

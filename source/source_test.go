@@ -79,6 +79,7 @@ func (m *memWAL) Trim(map[record.TopicPartition]int64) (int, error) { return 0, 
 type noDLQ struct{}
 
 func (noDLQ) Write(context.Context, []record.Rejected) error { return nil }
+func (noDLQ) Forget([]*record.Record)                        {}
 
 // member is one connector: a source and a coordinator.
 type member struct {
