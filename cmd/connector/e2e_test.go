@@ -59,7 +59,22 @@ func newEnv(t *testing.T, partitions int32) *env {
 // replication factor and configs.
 func newEnvOn(t *testing.T, brokers []string, partitions int32, replicas int16, topicConfigs map[string]*string) *env {
 	t.Helper()
-	dsn := testenv.Postgres(t)
+	e := newEnvWithout(t, brokers, testenv.Postgres(t), partitions, replicas, topicConfigs)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", e.dsn, err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	e.db = db
+	return e
+}
+
+// newEnvWithout is newEnvOn on the database at dsn, without a connection
+// to it (e.db is nil).
+func newEnvWithout(t *testing.T, brokers []string, dsn string, partitions int32, replicas int16, topicConfigs map[string]*string) *env {
+	t.Helper()
 	e := &env{t: t, brokers: brokers, dir: t.TempDir()}
 	e.topic = testenv.NewTopicWith(t, brokers, partitions, replicas, topicConfigs)
 	e.group = "g-" + e.topic
@@ -71,14 +86,6 @@ func newEnvOn(t *testing.T, brokers []string, partitions int32, replicas int16, 
 	}
 	t.Cleanup(cl.Close)
 	e.cl, e.adm = cl, kadm.NewClient(cl)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	db, err := pgx.Connect(ctx, e.dsn)
-	if err != nil {
-		t.Fatalf("connecting to %s: %v", e.dsn, err)
-	}
-	t.Cleanup(func() { db.Close(context.Background()) })
-	e.db = db
 	return e
 }
 

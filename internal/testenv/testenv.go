@@ -59,7 +59,7 @@ func (c *check) do(fn func(context.Context) (string, error)) (string, error) {
 	return c.desc, c.err
 }
 
-var kafkaCheck, pgCheck check
+var kafkaCheck, pgCheck, tsCheck check
 
 // lookup returns the variable, or skips or fails the test when it is unset.
 func lookup(t testing.TB, name string) string {
@@ -153,6 +153,22 @@ func Postgres(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Logf("postgres: %s", desc)
+	return dsn
+}
+
+// Timescale returns TIMESCALE_URL, a database with the timescaledb
+// extension (make test starts one: scripts/timescale.sh), once it has
+// answered, and logs its version; skipped or failed when unset as Postgres.
+// It serves one session at a time: a test holds no connection to it while
+// a connector runs.
+func Timescale(t testing.TB) string {
+	t.Helper()
+	dsn := lookup(t, "TIMESCALE_URL")
+	desc, err := tsCheck.do(func(ctx context.Context) (string, error) { return CheckPostgres(ctx, dsn) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("timescale: %s", desc)
 	return dsn
 }
 
