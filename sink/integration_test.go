@@ -627,3 +627,34 @@ func TestOwnCopyEncoderOnlyWhereTypesMatch(t *testing.T) {
 		check(t, e)
 	})
 }
+
+// TestEncoderRefusedWhileIsolating: when the server first refuses the
+// sink's own COPY data while rows are being isolated (another table's bad
+// row came first), the rows are written again encoded by the table's
+// types, not dead-lettered.
+func TestEncoderRefusedWhileIsolating(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 1)
+	a, err := Mapped(e.schema, "a", Mapping{Fields: []Field{{Column: "id", Type: "varchar(2)"}, {Column: "v", Type: "integer"}}, Key: []string{"id"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bars := Bars(e.schema, "bars")
+	bars.Mode = ModeInsert
+	w := newWriter(t, e, map[string]Table{"a": a, "bars": bars}, defaultUnnestMax)
+	e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ALTER COLUMN volume TYPE integer")
+	b := opsBatch(1, "a", [][]byte{[]byte(`{"id":"too long","v":1}`)}, [][]byte{nil})
+	bb := barBatch(1, "bars", 0, 0, 1, func(int) []byte { return barJSON("A", t0, 1.25, 42) })
+	b.Records = append(b.Records, bb.Records...)
+	b.Spans = append(b.Spans, bb.Spans...)
+	var c collector
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(t, "bars"); n != 1 {
+		t.Errorf("%d bars, want 1", n)
+	}
+	if len(c.got) != 1 || c.got[0].Record.Topic != "a" {
+		t.Errorf("rejected %v, want only the record of table a", c.got)
+	}
+}

@@ -251,7 +251,7 @@ type target struct {
 	def      Table          // as configured, Mode defaulted
 	cols     []string
 	keyIdx   []int     // column index of each key column
-	keyKinds []keyKind // per key column: how its values compare (appendKey)
+	keyTypes []keyType // per key column: how its values compare (appendKey)
 	upsert   bool      // ON CONFLICT (key) DO UPDATE/NOTHING; collapse keys
 	unnestOK bool      // no array column (unnest would flatten it)
 
@@ -424,8 +424,8 @@ func validateTable(t Table) []error {
 				continue
 			}
 			switch k, _ := kindOfType(c.Type); {
-			case k != vTimestamp && k != vDate:
-				errs = append(errs, fmt.Errorf("time column %q is %s: it must be timestamptz, timestamp or date (a hypertable's time dimension)", c.Name, c.Type))
+			case k != vTimestamp && k != vDate && k != vInt16 && k != vInt32 && k != vInt64:
+				errs = append(errs, fmt.Errorf("time column %q is %s: it must be timestamptz, timestamp, date or an integer type", c.Name, c.Type))
 			case k == vDate && t.Hypertable.ChunkInterval%(24*time.Hour) != 0:
 				errs = append(errs, fmt.Errorf("time column %q is a date: the chunk interval must be whole days, not %s", c.Name, t.Hypertable.ChunkInterval))
 			}
@@ -504,7 +504,7 @@ func newTarget(def Table) *target {
 		quotedKey[i] = pgx.Identifier{k}.Sanitize()
 		ci := slices.IndexFunc(def.Columns, func(c Column) bool { return c.Name == k })
 		t.keyIdx = append(t.keyIdx, ci)
-		t.keyKinds = append(t.keyKinds, keyKindOf(def.Columns[ci].Type))
+		t.keyTypes = append(t.keyTypes, keyTypeOf(def.Columns[ci].Type))
 	}
 	cols := strings.Join(quoted, ", ")
 
@@ -761,6 +761,23 @@ func checkTable(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
 // cast (or any type into a string column) is accepted, and turns the
 // sink's own COPY encoder off (t.types).
 func checkColumns(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
+	var problems []error
+	differ, err := columnsDiffer(ctx, tx, t, &problems)
+	if err != nil {
+		return nil, err
+	}
+	if differ || len(problems) > 0 {
+		t.types.Store(typesDiffer)
+	} else {
+		t.types.Store(typesSame)
+	}
+	return problems, nil
+}
+
+// columnsDiffer compares the columns of an existing table with the
+// definition, appending each problem to problems, and says whether a
+// column's type differs from the definition's (while taking its values).
+func columnsDiffer(ctx context.Context, tx pgx.Tx, t *target, problems *[]error) (bool, error) {
 	types := make([]string, len(t.def.Columns))
 	for i, c := range t.def.Columns {
 		types[i] = c.Type
@@ -775,9 +792,8 @@ FROM unnest($2::text[], $3::text[]) AS c(name, typ)
 LEFT JOIN pg_attribute a ON a.attrelid = $1::regclass AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid`, t.ident, t.cols, types)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	var problems []error
 	where := fmt.Sprintf("topic %s, table %s", strings.Join(t.topics, ", "), t.name)
 	var name, have string
 	var present, fits, same bool
@@ -786,23 +802,32 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid`, t.ident, t.cols, types)
 		want := t.def.Columns[slices.Index(t.cols, name)].Type
 		switch {
 		case !present:
-			problems = append(problems, fmt.Errorf("%s: column %q is missing (the table exists without it; add it or map another column)", where, name))
+			*problems = append(*problems, fmt.Errorf("%s: column %q is missing (the table exists without it; add it or map another column)", where, name))
 		case !fits:
-			problems = append(problems, fmt.Errorf("%s: column %q is %s, which cannot take %s values", where, name, have, want))
+			*problems = append(*problems, fmt.Errorf("%s: column %q is %s, which cannot take %s values", where, name, have, want))
 		case !same:
 			differ = true
 		}
 		return nil
 	})
+	return differ, err
+}
+
+// checkColumnsOnce learns t.types as checkColumns does, for a Writer that
+// did not migrate; a state another Write set meanwhile (typesDiffer after
+// the server refused the encoder's data) is kept.
+func checkColumnsOnce(ctx context.Context, tx pgx.Tx, t *target) error {
+	var problems []error
+	differ, err := columnsDiffer(ctx, tx, t, &problems)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	state := typesSame
 	if differ || len(problems) > 0 {
-		t.types.Store(typesDiffer)
-	} else {
-		t.types.Store(typesSame)
+		state = typesDiffer
 	}
-	return problems, nil
+	t.types.CompareAndSwap(typesUnchecked, state)
+	return nil
 }
 
 // migrateHypertable makes a table the connector just created a hypertable
@@ -824,6 +849,13 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 	if !isHyper {
 		if existed {
 			w.log.Warn("table exists as a plain table: not converted to a hypertable", "table", t.name)
+			return nil
+		}
+		if k, _ := kindOfType(t.def.Columns[slices.Index(t.cols, t.def.TimeColumn)].Type); k != vTimestamp && k != vDate {
+			// its chunk interval would be a number of its units, not
+			// a duration
+			w.log.Warn("time column is an integer: table left a plain table, not made a hypertable (create it as one by hand)",
+				"table", t.name, "time_column", t.def.TimeColumn)
 			return nil
 		}
 		chunk := h.ChunkInterval

@@ -67,9 +67,15 @@ func TestTimescale(t *testing.T) {
 	t.Logf("TimescaleDB %s", queryStrings(t, e, "SELECT extversion || ' on ' || version() FROM pg_extension WHERE extname = 'timescaledb'"))
 	bars := Bars(e.schema, "bars")
 	bars.DeleteTombstones = true
+	ticks, err := Mapped(e.schema, "ticks", Mapping{Fields: []Field{{Column: "id", Type: "text"}, {Column: "t", Type: "bigint"}},
+		Key: []string{"id", "t"}, TimeColumn: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tables := map[string]Table{
 		"bars": bars, "options": Options(e.schema, "options"),
 		"fundamentals": Fundamentals(e.schema, "fundamentals"), "news": News(e.schema, "news"),
+		"ticks": ticks, // an integer time column: left a plain table
 	}
 	w, err := New(e.pool, Config{Tables: tables, OffsetsSchema: e.schema, StatementTimeout: time.Minute})
 	if err != nil {

@@ -428,3 +428,49 @@ func TestKeysEqualAsTheDatabaseHoldsThem(t *testing.T) {
 		})
 	}
 }
+
+// TestKeysRoundedByTheColumnType: keys the column's type rounds to one
+// value (numeric(6,1): 1.24 and 1.2) are one key within a batch: a
+// tombstone of one deletes an upsert of the other, and a refused last
+// version gives way to the latest earlier one of the rounded key.
+func TestKeysRoundedByTheColumnType(t *testing.T) {
+	for _, p := range paths {
+		t.Run(p.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newPGEnv(t, 1)
+			tb, err := Mapped(e.schema, "nk", Mapping{
+				Fields: []Field{{Column: "id", Type: "numeric(6,1)"}, {Column: "v", Type: "integer"}},
+				Key:    []string{"id"},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tb.DeleteTombstones = true
+			w, err := New(e.pool, Config{Tables: map[string]Table{"nk": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.unnestMax = p.unnestMax
+			if err := w.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "nk"}.Sanitize()+" ADD CHECK (v >= 0)")
+			b := opsBatch(1, "nk",
+				[][]byte{
+					[]byte(`{"id":1.24,"v":1}`), nil, // deleted as 1.2
+					[]byte(`{"id":2.04,"v":1}`), []byte(`{"id":2.0,"v":2}`), []byte(`{"id":2.01,"v":-1}`), // 2.0=2: the refused 2.01 gives way to 2.0
+				},
+				[][]byte{nil, []byte(`{"id":1.2}`), nil, nil, nil})
+			var c collector
+			if err := w.Write(ctx, b, c.reject); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := rowsOf(t, e, "nk", "id", "v"), []string{"2.0=2"}; !slices.Equal(got, want) {
+				t.Errorf("rows %v, want %v", got, want)
+			}
+			if got := offsetsOf(c.got); !slices.Equal(got, []int64{4}) {
+				t.Errorf("rejected offsets %v, want [4]", got)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,12 +96,20 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 		w.tombstonesDone(b, nil, p.rejected)
 		return nil
 	}
-	out, err := w.attempt(ctx, b, p, reject, false)
-	if errors.Is(err, errEncoderRefused) {
-		out, err = w.attempt(ctx, b, p, reject, false)
-	}
-	if errors.Is(err, errIsolate) {
-		out, err = w.attempt(ctx, b, p, reject, true)
+	isolate := false
+	var out outcome
+	// at most: an encoder refusal, then a data error to isolate (each
+	// changes what the next attempt does)
+	for range 3 {
+		out, err = w.attempt(ctx, b, p, reject, isolate)
+		switch {
+		case errors.Is(err, errEncoderRefused):
+			continue // the sink encodes by the table's types now
+		case errors.Is(err, errIsolate) && !isolate:
+			isolate = true
+			continue
+		}
+		break
 	}
 	if err == nil {
 		w.tombstonesDone(b, out.skip, out.rejected)
@@ -245,7 +254,7 @@ func (g *group) collapse() {
 	for i, row := range g.rows {
 		buf = buf[:0]
 		for j, c := range g.t.keyIdx {
-			buf = appendKey(buf, row[c], g.t.keyKinds[j])
+			buf = appendKey(buf, row[c], g.t.keyTypes[j])
 		}
 		if prev, ok := last[string(buf)]; ok {
 			keep[prev] = false
@@ -296,54 +305,84 @@ func (g *group) splitDeletes() {
 	g.rows, g.recs, g.del = g.rows[:n], g.recs[:n], nil
 }
 
-// keyKind says how the values of a key column compare in PostgreSQL, where
-// that differs from comparing what the decoder produced.
-type keyKind uint8
+// keyType says how the values of a key column compare in PostgreSQL, where
+// that differs from comparing what the decoder produced: the column's type
+// rounds them (numeric(p,s), timestamp(p), real) or ignores trailing blanks
+// (char(n)).
+type keyType struct {
+	wallTime    bool  // timestamp without time zone: pgx sends the wall clock
+	blankPadded bool  // char(n): trailing blanks do not count
+	float4      bool  // real: values round to single precision
+	scale       int32 // numeric(p,s): s decimal places; -1 unconstrained
+	tsPrecision int   // timestamp(p): p fractional digits, 0 to 6
+}
 
-const (
-	keyPlain       keyKind = iota
-	keyWallTime            // timestamp without time zone: pgx sends the wall clock
-	keyBlankPadded         // char(n): trailing blanks do not count
-)
+var typmodArgsRE = regexp.MustCompile(`\(\s*([0-9]+)\s*(?:,\s*([0-9]+)\s*)?\)`)
 
-// keyKindOf is the keyKind of a column of type typ.
-func keyKindOf(typ string) keyKind {
-	t := strings.ToLower(strings.Join(strings.Fields(typmodRE.ReplaceAllString(typ, "")), " "))
-	switch t {
-	case "char", "character", "bpchar":
-		return keyBlankPadded
-	case "timestamp", "timestamp without time zone":
-		return keyWallTime
+// keyTypeOf is the keyType of a column of type typ.
+func keyTypeOf(typ string) keyType {
+	t := strings.ToLower(strings.Join(strings.Fields(typ), " "))
+	base := strings.Join(strings.Fields(typmodRE.ReplaceAllString(t, " ")), " ")
+	var args []int
+	if m := typmodArgsRE.FindStringSubmatch(t); m != nil {
+		for _, a := range m[1:] {
+			if n, err := strconv.Atoi(a); err == nil {
+				args = append(args, n)
+			}
+		}
 	}
-	return keyPlain
+	k := keyType{scale: -1, tsPrecision: 6}
+	switch base {
+	case "char", "character", "bpchar":
+		k.blankPadded = true
+	case "timestamp", "timestamp without time zone", "timestamptz", "timestamp with time zone":
+		k.wallTime = !strings.Contains(base, "tz") && !strings.Contains(base, "with time zone")
+		if len(args) > 0 && args[0] < 6 {
+			k.tsPrecision = args[0]
+		}
+	case "numeric", "decimal":
+		switch len(args) {
+		case 1:
+			k.scale = 0
+		case 2:
+			k.scale = int32(args[1])
+		}
+	case "real", "float4":
+		k.float4 = true
+	case "float":
+		k.float4 = len(args) > 0 && args[0] <= 24
+	}
+	return k
 }
 
 // appendKey appends an encoding of v under which two values are equal when
-// PostgreSQL would hold them equal as keys: timestamps to the microsecond
-// pgx sends, integers whatever their Go width, numerics whatever their
-// trailing zeros (1 and 1.0), char(n) strings whatever their trailing
-// blanks, pointers by their target. (Text under a nondeterministic
-// collation is compared byte for byte: such keys may not collapse.)
-func appendKey(buf []byte, v any, kind keyKind) []byte {
+// PostgreSQL would hold them equal as keys of type kt: timestamps to the
+// microsecond pgx sends, rounded to the column's precision; integers
+// whatever their Go width; numerics rounded to the column's scale, whatever
+// their trailing zeros (1 and 1.0); floats rounded to a real column's
+// precision; char(n) strings whatever their trailing blanks; pointers by
+// their target. (Text under a nondeterministic collation is compared byte
+// for byte: such keys may not collapse.)
+func appendKey(buf []byte, v any, kt keyType) []byte {
 	switch x := v.(type) {
 	case nil:
 		return append(buf, 0)
 	case string:
-		return appendKeyText(buf, x, kind)
+		return appendKeyText(buf, x, kt)
 	case *string:
 		if x == nil {
 			return append(buf, 0)
 		}
-		return appendKeyText(buf, *x, kind)
+		return appendKeyText(buf, *x, kt)
 	case []byte:
 		return appendKeyString(buf, string(x))
 	case time.Time:
-		return appendKeyTime(buf, x, kind == keyWallTime)
+		return appendKeyTime(buf, x, kt)
 	case *time.Time:
 		if x == nil {
 			return append(buf, 0)
 		}
-		return appendKeyTime(buf, *x, kind == keyWallTime)
+		return appendKeyTime(buf, *x, kt)
 	case int64:
 		return appendKeyInt(buf, x)
 	case *int64:
@@ -363,34 +402,35 @@ func appendKey(buf []byte, v any, kind keyKind) []byte {
 	case int:
 		return appendKeyInt(buf, int64(x))
 	case float64:
-		return appendKeyFloat(buf, x)
+		return appendKeyFloat(buf, x, kt.float4)
 	case *float64:
 		if x == nil {
 			return append(buf, 0)
 		}
-		return appendKeyFloat(buf, *x)
+		return appendKeyFloat(buf, *x, kt.float4)
 	case bool:
 		if x {
 			return append(buf, 5, 1)
 		}
 		return append(buf, 5, 0)
 	case pgtype.Numeric:
-		return appendKeyNumeric(buf, x)
+		return appendKeyNumeric(buf, x, kt.scale)
 	}
 	s := fmt.Sprintf("%T %v", v, v)
 	return appendKeyString(append(buf, 6), s)
 }
 
-func appendKeyText(buf []byte, s string, kind keyKind) []byte {
-	if kind == keyBlankPadded {
+func appendKeyText(buf []byte, s string, kt keyType) []byte {
+	if kt.blankPadded {
 		s = strings.TrimRight(s, " ")
 	}
 	return appendKeyString(buf, s)
 }
 
-// appendKeyNumeric encodes n without its trailing zeros: 1, 1.0 and 10e-1
-// alike.
-func appendKeyNumeric(buf []byte, n pgtype.Numeric) []byte {
+// appendKeyNumeric encodes n rounded to scale decimal places (half away
+// from zero, as PostgreSQL rounds; scale -1: not rounded) and without its
+// trailing zeros: 1, 1.0 and 10e-1 alike.
+func appendKeyNumeric(buf []byte, n pgtype.Numeric, scale int32) []byte {
 	switch {
 	case !n.Valid:
 		return append(buf, 0)
@@ -405,20 +445,30 @@ func appendKeyNumeric(buf []byte, n pgtype.Numeric) []byte {
 	if n.Int != nil {
 		i.Set(n.Int)
 	}
-	if i.Sign() == 0 {
-		exp = 0
-	}
-	ten, q, r := big.NewInt(10), new(big.Int), new(big.Int)
-	for i.Sign() != 0 {
-		q.QuoRem(i, ten, r)
-		if r.Sign() != 0 {
-			break
+	if scale >= 0 && exp < -int64(scale) {
+		neg := i.Sign() < 0
+		i.Abs(i)
+		div := new(big.Int).Exp(big.NewInt(10), big.NewInt(-int64(scale)-exp), nil)
+		r := new(big.Int)
+		i.QuoRem(i, div, r)
+		if r.Lsh(r, 1).Cmp(div) >= 0 {
+			i.Add(i, big.NewInt(1))
 		}
-		i, q = q, i
-		exp++
+		if neg {
+			i.Neg(i)
+		}
+		exp = -int64(scale)
+	}
+	digits := i.String()
+	if i.Sign() == 0 {
+		digits, exp = "0", 0
+	} else {
+		trimmed := strings.TrimRight(digits, "0")
+		exp += int64(len(digits) - len(trimmed))
+		digits = trimmed
 	}
 	buf = binary.AppendVarint(append(buf, 7, 'f'), exp)
-	return appendKeyString(buf, i.String())
+	return appendKeyString(buf, digits)
 }
 
 func appendKeyString(buf []byte, s string) []byte {
@@ -431,19 +481,38 @@ func appendKeyInt(buf []byte, n int64) []byte {
 	return binary.LittleEndian.AppendUint64(append(buf, 2), uint64(n))
 }
 
-func appendKeyFloat(buf []byte, f float64) []byte {
+func appendKeyFloat(buf []byte, f float64, float4 bool) []byte {
+	if float4 {
+		f = float64(float32(f))
+	}
 	if f == 0 {
 		f = 0 // -0 = 0
 	}
 	return binary.LittleEndian.AppendUint64(append(buf, 3), math.Float64bits(f))
 }
 
-func appendKeyTime(buf []byte, t time.Time, wall bool) []byte {
-	if wall { // timestamp without time zone: pgx sends the wall clock
+// pgEpochMicros is PostgreSQL's epoch, 2000-01-01, in Unix microseconds.
+const pgEpochMicros = 946684800 * 1e6
+
+func appendKeyTime(buf []byte, t time.Time, kt keyType) []byte {
+	if kt.wallTime { // timestamp without time zone: pgx sends the wall clock
 		t = time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC)
 	}
-	buf = binary.LittleEndian.AppendUint64(append(buf, 4), uint64(t.Unix()))
-	return binary.LittleEndian.AppendUint32(buf, uint32(t.Nanosecond()/1000))
+	// what pgx sends: microseconds, the fraction truncated
+	us := t.Unix()*1e6 + int64(t.Nanosecond()/1000)
+	if kt.tsPrecision < 6 {
+		// rounded as PostgreSQL rounds timestamp(p): half away from
+		// zero, around its own epoch
+		unit := int64(math.Pow10(6 - kt.tsPrecision))
+		x := us - pgEpochMicros
+		if x >= 0 {
+			x = (x + unit/2) / unit * unit
+		} else {
+			x = -((-x + unit/2) / unit * unit)
+		}
+		us = x + pgEpochMicros
+	}
+	return binary.LittleEndian.AppendUint64(append(buf, 4), uint64(us))
 }
 
 // attempt runs the batch's transaction once. Without isolate a data error
@@ -499,6 +568,9 @@ func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject R
 		}
 		if len(rows) > 0 {
 			err := w.land(ctx, tx, g.t, rows, false)
+			if errors.Is(err, errEncoderRefused) {
+				return outcome{}, fmt.Errorf("writing batch %d to table %s: %w", b.ID, g.t.name, err)
+			}
 			if splittable(err) {
 				w.log.Debug("data error: isolating rows", "batch", b.ID, "table", g.t.name, "err", err)
 				return outcome{}, errIsolate
@@ -547,15 +619,6 @@ func (w *Writer) prelude(ctx context.Context, tx pgx.Tx, p *plan) error {
 	if err != nil {
 		return err
 	}
-	for _, g := range p.groups {
-		if g.t.fastCopy && g.t.types.Load() == typesUnchecked {
-			// Migrate did not run (a dead-letter replay): learn
-			// whether the sink's own COPY encoder fits the table
-			if _, err := checkColumns(ctx, tx, g.t); err != nil {
-				return fmt.Errorf("reading the columns of table %s: %w", g.t.name, err)
-			}
-		}
-	}
 	var stmts []string
 	if d := w.cfg.StatementTimeout; d > 0 {
 		stmts = append(stmts, "SET LOCAL statement_timeout = "+strconv.FormatInt(max(d.Milliseconds(), 1), 10))
@@ -570,11 +633,19 @@ func (w *Writer) prelude(ctx context.Context, tx pgx.Tx, p *plan) error {
 			stmts = append(stmts, g.t.createStage)
 		}
 	}
-	if len(stmts) == 0 {
-		return nil
+	if len(stmts) > 0 {
+		if _, err := tx.Exec(ctx, strings.Join(stmts, "; ")); err != nil {
+			return fmt.Errorf("preparing transaction: %w", err)
+		}
 	}
-	if _, err := tx.Exec(ctx, strings.Join(stmts, "; ")); err != nil {
-		return fmt.Errorf("preparing transaction: %w", err)
+	for _, g := range p.groups {
+		if g.t.fastCopy && g.t.types.Load() == typesUnchecked {
+			// Migrate did not run (a dead-letter replay): learn
+			// whether the sink's own COPY encoder fits the table
+			if err := checkColumnsOnce(ctx, tx, g.t); err != nil {
+				return fmt.Errorf("reading the columns of table %s: %w", g.t.name, err)
+			}
+		}
 	}
 	return nil
 }
@@ -712,11 +783,16 @@ func isolate(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, recs []*re
 		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT ktsink_rows")
 		return err
 	}
-	if !splittable(err) {
+	refused := errors.Is(err, errEncoderRefused)
+	if !refused && !splittable(err) {
 		return err
 	}
 	if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT ktsink_rows; RELEASE SAVEPOINT ktsink_rows"); rbErr != nil {
 		return rbErr
+	}
+	if refused {
+		// the same rows again, encoded by the table's types now
+		return isolate(ctx, tx, t, rows, recs, rejected, do, what)
 	}
 	if len(rows) == 1 {
 		*rejected = append(*rejected, record.Rejected{
@@ -858,10 +934,13 @@ func copyFirst(ctx context.Context, tx pgx.Tx, t *target, rows [][]any) (landed 
 		_, err = tx.Exec(ctx, "RELEASE SAVEPOINT ktsink_copy")
 		return err == nil, err
 	}
-	if !splittable(err) {
+	refused := errors.Is(err, errEncoderRefused)
+	if !refused && !splittable(err) {
 		return false, err
 	}
-	t.copyFirst.record(false)
+	if !refused { // an encoder refusal says nothing of the keys
+		t.copyFirst.record(false)
+	}
 	if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT ktsink_copy; RELEASE SAVEPOINT ktsink_copy"); err != nil {
 		return false, err
 	}
