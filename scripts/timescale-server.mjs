@@ -11,7 +11,9 @@
 // - hands PGlite whole protocol messages only, and a COPY ... FROM STDIN
 //   with all of its data up to CopyDone or CopyFail in one call (PGlite
 //   cannot wait for more COPY input between calls);
-// - drops cancel requests (there is no second session to cancel from).
+// - drops cancel requests (there is no second session to cancel from);
+// - refuses a client that waited its turn for 30 s (SQLSTATE 53300), so a
+//   client opening a second session while holding one fails, not hangs.
 //
 // Usage: node timescale-server.mjs PORT      prints "READY 127.0.0.1:PORT"
 import net from 'node:net'
@@ -109,13 +111,36 @@ function serve(sock) {
   sock.resume()
 }
 
+// refuse sends a FATAL ErrorResponse (SQLSTATE 53300, too_many_connections)
+// and closes the connection
+function refuse(sock, message) {
+  const field = (code, text) => Buffer.concat([Buffer.from(code), Buffer.from(text + '\0')])
+  const body = Buffer.concat([field('S', 'FATAL'), field('V', 'FATAL'), field('C', '53300'), field('M', message), Buffer.from([0])])
+  const head = Buffer.alloc(5)
+  head.write('E', 0)
+  head.writeInt32BE(body.length + 4, 1)
+  sock.end(Buffer.concat([head, body]))
+}
+
+// A client waits its turn at most this long: one that holds a session
+// while opening another would otherwise wait forever.
+const WAIT_MS = 30000
+
 const server = net.createServer({ pauseOnConnect: true }, (sock) => {
   sock.setNoDelay(true)
   waiting.push(sock)
+  const timer = setTimeout(() => {
+    const i = waiting.indexOf(sock)
+    if (i < 0) return
+    waiting.splice(i, 1)
+    refuse(sock, `this test database serves one session at a time, and another one held it for ${WAIT_MS / 1000} s`)
+  }, WAIT_MS)
+  sock.on('close', () => clearTimeout(timer))
   next()
 })
 server.listen(port, host, () => console.log(`READY ${host}:${server.address().port} in ${Date.now() - started} ms`))
 
 const shutdown = async () => { server.close(); await db.close(); process.exit(0) }
-process.on('SIGINT', shutdown)
+// SIGTERM only: scripts/timescale.sh stops it so. A Ctrl-C in the terminal
+// of one test run must not stop a server other runs share.
 process.on('SIGTERM', shutdown)

@@ -26,12 +26,16 @@ state=$run_dir/timescale-$port
 
 fetch() {
   command -v node >/dev/null || die "node is required (Debian's nodejs package)"
+  command -v npm >/dev/null || die "npm is required (Debian's npm package)"
+  mkdir -p "$cache"
+  # one install at a time per checkout (fd 8; the server must not inherit it)
+  exec 8>"$cache.lock"
+  flock -w 600 8 || die "waited 10 minutes for the lock $cache.lock"
   local lock=$cache/package-lock.json
   if [ -f "$lock" ] && grep -q "\"integrity\": \"$integrity\"" "$lock" && [ -d "$cache/node_modules/$package/dist" ]; then
     return
   fi
   say "installing $package@$version into $cache"
-  mkdir -p "$cache"
   npm install --prefix "$cache" --no-audit --no-fund --ignore-scripts --loglevel=error "$package@$version" >&2 ||
     die "npm install $package@$version failed"
   grep -q "\"integrity\": \"$integrity\"" "$lock" ||
@@ -50,7 +54,7 @@ up() {
   rm -rf "$state"
   mkdir -p "$state"
   cp "$root/scripts/timescale-server.mjs" "$cache/server.mjs"
-  (cd "$cache" && exec node server.mjs "$port" >"$state/log" 2>&1 9>&-) &
+  (cd "$cache" && exec node server.mjs "$port" >"$state/log" 2>&1 8>&- 9>&-) &
   echo $! >"$state/pid"
   local i
   for i in $(seq 1 600); do
@@ -71,10 +75,12 @@ down() {
   lock_service "timescale-$port"
   [ -f "$state/pid" ] || return 0
   local left
-  left=$(release "$state")
-  if [ -n "$left" ]; then
-    say "left running for: $left"
-    return
+  if [ -d "$state/holders" ]; then # else an up was interrupted before READY
+    left=$(release "$state")
+    if [ -n "$left" ]; then
+      say "left running for: $left"
+      return
+    fi
   fi
   local pid
   pid=$(cat "$state/pid")
