@@ -1094,7 +1094,9 @@ func (c *Coordinator) commit(ctx context.Context, only map[record.TopicPartition
 // 5s, and never more than RevokeTimeout), even if ctx has ended. A
 // cancelled batch loses only the revoked partitions, whose records the next
 // owner reads again: those of partitions still owned are written as a new
-// batch. The error says when batches had to be cancelled.
+// batch. Once the cancelled batches have ended, what landed before them is
+// committed (when commit is true). The error says when batches had to be
+// cancelled.
 func (c *Coordinator) Revoke(ctx context.Context, tps []record.TopicPartition, commit bool) error {
 	only := map[record.TopicPartition]bool{}
 	var revoked []*partition
@@ -1132,6 +1134,7 @@ func (c *Coordinator) Revoke(ctx context.Context, tps []record.TopicPartition, c
 	}
 
 	var waitErr error
+	settled := true // no batch of these partitions may still land
 	if busy, err := c.waitIdle(ctx, revoked, c.cfg.RevokeTimeout); busy > 0 {
 		if err == nil {
 			err = fmt.Errorf("%d batches still in flight after %s", busy, c.cfg.RevokeTimeout)
@@ -1148,9 +1151,12 @@ func (c *Coordinator) Revoke(ctx context.Context, tps []record.TopicPartition, c
 		if left > 0 {
 			waitErr = fmt.Errorf("%w; %d still running %s after the cancel, which may yet land", waitErr, left, grace)
 		}
+		settled = left == 0
 	}
 	var commitErr error
-	if commit && waitErr == nil {
+	if commit && settled && ctx.Err() == nil {
+		// what landed before the cancelled batches is committed all the
+		// same: the next owner need not read it again
 		commitErr = c.commit(ctx, only)
 	}
 	c.commitMu.Lock() // no commit of these partitions is in flight past here

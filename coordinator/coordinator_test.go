@@ -41,6 +41,7 @@ type world struct {
 	dlqFail    func() error
 	entered    func(b *record.Batch) // when set, called as Write begins
 	cancelled  int                   // Writes that ended because their ctx did
+	commitFail func() error          // when set, Commit fails with its error
 }
 
 func newWorld(t *testing.T) *world {
@@ -212,6 +213,11 @@ func (d dlqFunc) Write(_ context.Context, rej []record.Rejected) error {
 // Commit checks invariant 1: every offset below the committed one is
 // landed or dead-lettered.
 func (w *world) Commit(_ context.Context, offs map[record.TopicPartition]Position) error {
+	if w.commitFail != nil {
+		if err := w.commitFail(); err != nil {
+			return err
+		}
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.commits++
@@ -1091,5 +1097,57 @@ func TestSpansChainAcrossBatches(t *testing.T) {
 	}
 	if last := spans[len(spans)-1].Next; last != recs[len(recs)-1].Offset+1 {
 		t.Errorf("last span ends at %d, want %d", last, recs[len(recs)-1].Offset+1)
+	}
+}
+
+// TestRevokeCommitsWhatLandedBeforeCancelling: when Revoke cancels a batch
+// held past RevokeTimeout, the batches of the partition that landed before
+// it are committed all the same (and nothing of the cancelled one).
+func TestRevokeCommitsWhatLandedBeforeCancelling(t *testing.T) {
+	w := newWorld(t)
+	out := newOutage()
+	w.fail = func(b *record.Batch, _ int) error {
+		if b.Spans[0].From == 0 {
+			return nil
+		}
+		return out.err()
+	}
+	landed := make(chan struct{})
+	var once sync.Once
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.RevokeTimeout = 50 * time.Millisecond
+	c := newCoord(t, w, cfg, WithRetryable(retryTransient),
+		WithHooks(Hooks{AfterApply: func(*record.Batch) { once.Do(func() { close(landed) }) }}))
+	tps := partitions(1)
+	// only Revoke's own commit, after the hand-over, may pass: the
+	// committer's rounds before it must not commit the landed batch
+	w.commitFail = func() error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if ps := c.parts[tps[0]]; ps != nil && ps.handedOver {
+			return nil
+		}
+		return errTransient
+	}
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, landed, "the first batch to land")
+	if err := c.Submit(context.Background(), recordsOf(tps[0], 10, 10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, out.failed, "the second batch's first failed write")
+	err := c.Revoke(context.Background(), tps, true)
+	t.Logf("Revoke: %v", err)
+	out.end()
+	if err := wait(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	w.check()
+	if got := w.committed[tps[0]]; got != 10 {
+		t.Errorf("revoked partition committed at %d, want 10 (the batch that landed, not the cancelled one)", got)
 	}
 }
