@@ -283,14 +283,16 @@ func (w *Writer) Forget(recs []*record.Record) {
 		return
 	}
 	for _, r := range recs {
-		w.seen.forget(recordKey(r.Topic, r.Partition, r.Offset))
+		w.seen.forget(recordKey(r.Topic, r.Partition, r.Offset, r.Timestamp))
 	}
 }
 
-func letterKey(l *Letter) string { return recordKey(l.Topic, l.Partition, l.Offset) }
+func letterKey(l *Letter) string { return recordKey(l.Topic, l.Partition, l.Offset, l.Timestamp) }
 
-func recordKey(topic string, partition int32, offset int64) string {
-	return topic + "/" + strconv.Itoa(int(partition)) + "@" + strconv.FormatInt(offset, 10)
+// recordKey names one record: its place, and its time, so that a record at
+// the same place in a topic deleted and created again is another.
+func recordKey(topic string, partition int32, offset int64, ts time.Time) string {
+	return topic + "/" + strconv.Itoa(int(partition)) + "@" + strconv.FormatInt(offset, 10) + "#" + strconv.FormatInt(ts.UnixNano(), 10)
 }
 
 func (w *Writer) appendFile(letters []Letter) error {

@@ -463,3 +463,37 @@ func TestRememberedLettersAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// A record at the offset of a remembered letter but of another time (its
+// topic deleted and created again meanwhile) is another record: its
+// letter is written in full, not taken for the remembered one.
+func TestRememberedLettersAreOfOneRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dlq.ndjson")
+	prod := &memProducer{fail: oddOffset}
+	w, err := New(Config{File: path, Topic: "ktsink.dlq"}, prod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Write(context.Background(), rejected(4)); err == nil {
+		t.Fatal("Write succeeded with half the letters refused by the topic")
+	}
+	prod.setFail(nil)
+	again := rejected(4)
+	for _, r := range again {
+		r.Record.Timestamp = r.Record.Timestamp.Add(time.Hour)
+	}
+	if err := w.Write(context.Background(), again); err != nil {
+		t.Fatal(err)
+	}
+	file, topic := offsets(t, path, prod)
+	for o := int64(100); o < 104; o++ {
+		wantTopic := 2 // one per record
+		if o%2 == 1 {
+			wantTopic = 1 // the first record's was refused
+		}
+		if file[o] != 2 || topic[o] != wantTopic {
+			t.Errorf("offset %d: %d letters in the file, %d in the topic; want 2 and %d", o, file[o], topic[o], wantTopic)
+		}
+	}
+}
