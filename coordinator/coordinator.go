@@ -719,6 +719,7 @@ func (c *Coordinator) process(ctx context.Context, b *record.Batch, parts []*par
 	if err != nil {
 		c.dlq.Forget(b.Records)
 		if c.fenced(err) {
+			c.m.BatchesAbandoned.WithLabelValues("fenced").Inc()
 			c.log.Warn("batch fenced: another process owns its partitions now; abandoning it", "batch", id, "err", err)
 			c.release(parts, func(ps *partition) { ps.fenced = true })
 			return nil
@@ -820,6 +821,7 @@ func (c *Coordinator) dropRevoked(b *record.Batch, parts []*partition) (*record.
 		}
 	}
 	c.dlq.Forget(droppedRecs)
+	c.m.BatchesAbandoned.WithLabelValues("revoked").Inc()
 	if len(keep) == 0 {
 		c.log.Warn("batch abandoned: its partitions were revoked while it waited for the database; their next owner reads its records again",
 			"batch", b.ID, "spans", spansString(b.Spans))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -841,6 +842,9 @@ func TestRevokeCancelsBatchHeldPastTimeout(t *testing.T) {
 			if n := len(w.forgotten[tps[0]]); n != 10 {
 				t.Errorf("the dead letters were told to forget %d records of the abandoned batch, want 10", n)
 			}
+			if n := testutil.ToFloat64(c.m.BatchesAbandoned.WithLabelValues("revoked")); n != 1 {
+				t.Errorf("ktsink_batches_abandoned_total{reason=\"revoked\"} = %v, want 1", n)
+			}
 		})
 	}
 }
@@ -1149,5 +1153,55 @@ func TestRevokeCommitsWhatLandedBeforeCancelling(t *testing.T) {
 	w.check()
 	if got := w.committed[tps[0]]; got != 10 {
 		t.Errorf("revoked partition committed at %d, want 10 (the batch that landed, not the cancelled one)", got)
+	}
+}
+
+// TestFencedBatchIsAbandoned: a batch the sink reports fenced (another
+// process owns its exactly_once partitions) is given up: not landed, not
+// committed, counted, and the dead letters are told to forget it; the
+// worker goes on.
+func TestFencedBatchIsAbandoned(t *testing.T) {
+	w := newWorld(t)
+	errFence := errors.New("fenced")
+	tps := partitions(2)
+	w.fail = func(b *record.Batch, _ int) error {
+		if b.Spans[0].TopicPartition == tps[0] {
+			return errFence
+		}
+		return nil
+	}
+	cfg := testConfig()
+	cfg.Workers = 1
+	entered := make(chan struct{})
+	var once sync.Once
+	w.entered = func(*record.Batch) { once.Do(func() { close(entered) }) }
+	c := newCoord(t, w, cfg, WithFenced(func(err error) bool { return errors.Is(err, errFence) }))
+	c.Assign(tps)
+	wait := runCoord(t, c)
+	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, entered, "the fenced batch's write") // the next records make a batch of their own
+	if err := c.Submit(context.Background(), recordsOf(tps[1], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	w.check()
+	if n := len(w.landed[tps[0]]); n != 0 {
+		t.Errorf("%d records of the fenced partition landed", n)
+	}
+	if off, ok := w.committed[tps[0]]; ok {
+		t.Errorf("fenced partition committed at %d", off)
+	}
+	if len(w.landed[tps[1]]) != 10 || w.committed[tps[1]] != 10 {
+		t.Errorf("other partition: %d landed, committed %d; want 10 and 10", len(w.landed[tps[1]]), w.committed[tps[1]])
+	}
+	if n := len(w.forgotten[tps[0]]); n != 10 {
+		t.Errorf("the dead letters were told to forget %d records of the fenced batch, want 10", n)
+	}
+	if n := testutil.ToFloat64(c.m.BatchesAbandoned.WithLabelValues("fenced")); n != 1 {
+		t.Errorf(`ktsink_batches_abandoned_total{reason="fenced"} = %v, want 1`, n)
 	}
 }

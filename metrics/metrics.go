@@ -56,6 +56,7 @@ type Metrics struct {
 	WALFileBytes       prometheus.Gauge
 	WALInDoubt         prometheus.Counter
 	DeadLetterFailures prometheus.Counter
+	BatchesAbandoned   *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them on reg (nil: not
@@ -153,6 +154,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		DeadLetterFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ktsink_dead_letter_write_failures_total", Help: "Failed attempts to make dead letters durable (file or topic); the records they carry are held, their offsets not committed, and retried.",
 		}),
+		BatchesAbandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ktsink_batches_abandoned_total", Help: "Batches given up for some or all of their partitions, their records there left unwritten and uncommitted for the partitions' next owner, by reason: revoked (revoked while the batch waited past coordinator.revoke_timeout), fenced (another process owns the exactly_once partitions).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		for _, c := range m.collectors() {
@@ -183,6 +187,9 @@ func (m *Metrics) Init(topics []string) {
 	for _, s := range []string{"closed", "half_open", "open"} {
 		m.BreakerTransitions.WithLabelValues(s)
 	}
+	for _, r := range []string{"revoked", "fenced"} {
+		m.BatchesAbandoned.WithLabelValues(r)
+	}
 	for _, t := range topics {
 		m.RecordsConsumed.WithLabelValues(t)
 		m.RecordsWritten.WithLabelValues(t)
@@ -203,7 +210,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.RecordsConsumed, m.RecordsWritten, m.RecordsDeadLetter, m.Tombstones,
 		m.EndToEndLatency, m.ConsumerLag, m.OffsetCommits, m.Rebalances, m.PausedPartitions,
 		m.FetchPaused, m.Retries, m.BreakerTransitions, m.WALPending, m.WALFileBytes, m.WALInDoubt,
-		m.DeadLetterFailures,
+		m.DeadLetterFailures, m.BatchesAbandoned,
 	}
 }
 
