@@ -217,6 +217,11 @@ type Writer struct {
 
 	countTombstones func(topic, action string, n int)
 
+	// afterCreateHypertable, when set (by tests), runs right after a
+	// hypertable is created: what a TimescaleDB version that compresses
+	// new hypertables by default would have done.
+	afterCreateHypertable func(ctx context.Context, tx pgx.Tx, table string) error
+
 	timescale       atomic.Int32 // tsUnknown, tsAbsent, tsPresent
 	decompressLimit atomic.Bool  // timescaledb.max_tuples_decompressed_per_dml_transaction exists
 	logAbsent       sync.Once
@@ -869,6 +874,11 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 		}
 		w.log.Info("created hypertable", "table", t.name, "time_column", t.def.TimeColumn, "chunk_interval", chunk.String())
 		created = true
+		if w.afterCreateHypertable != nil {
+			if err := w.afterCreateHypertable(ctx, tx, t.ident); err != nil {
+				return err
+			}
+		}
 		// Recent TimescaleDB versions enable compression (the
 		// columnstore) on new hypertables by default, with settings of
 		// their choosing: look again.

@@ -182,3 +182,44 @@ FROM `+barsID+` GROUP BY 1, 2 ORDER BY 1, 2`)
 	}
 	check("bars_1h", got, want)
 }
+
+// TestTimescaleDefaultCompression: on a TimescaleDB that compresses new
+// hypertables by default (with a policy and settings of its own), Migrate
+// applies the configuration instead: no compression where none is
+// configured, and the configured segments and policy where it is.
+func TestTimescaleDefaultCompression(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnvAt(t, testTimescale(t), 1)
+	w, err := New(e.pool, Config{Tables: map[string]Table{
+		"bars": Bars(e.schema, "bars"), "fundamentals": Fundamentals(e.schema, "fundamentals"),
+	}, OffsetsSchema: e.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.afterCreateHypertable = func(ctx context.Context, tx pgx.Tx, table string) error {
+		// the default: compressed, ordered by time only, a policy of a day
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+table+" SET (timescaledb.compress, timescaledb.compress_segmentby = '')"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "SELECT add_compression_policy($1::regclass, compress_after => INTERVAL '1 day')", table)
+		return err
+	}
+	if err := w.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, got, want []string) {
+		t.Helper()
+		if !slices.Equal(got, want) {
+			t.Errorf("%s:\n got  %q\n want %q", what, got, want)
+		}
+	}
+	check("hypertables", queryStrings(t, e, `SELECT hypertable_name, compression_enabled
+FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 ORDER BY 1`, e.schema),
+		[]string{"bars | true", "fundamentals | false"})
+	check("compression of bars", queryStrings(t, e, `SELECT segmentby, orderby
+FROM timescaledb_information.hypertable_compression_settings WHERE hypertable = $1::regclass`,
+		pgx.Identifier{e.schema, "bars"}.Sanitize()), []string{"symbol | ts DESC"})
+	check("compression policies", queryStrings(t, e, `SELECT hypertable_name, config->>'compress_after'
+FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression' AND hypertable_schema = $1 ORDER BY 1`, e.schema),
+		[]string{"bars | 168:00:00"})
+}
