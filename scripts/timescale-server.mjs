@@ -12,8 +12,9 @@
 //   with all of its data up to CopyDone or CopyFail in one call (PGlite
 //   cannot wait for more COPY input between calls);
 // - drops cancel requests (there is no second session to cancel from);
-// - refuses a client that waited its turn for 30 s (SQLSTATE 53300), so a
-//   client opening a second session while holding one fails, not hangs.
+// - refuses a client that waited its turn for 2 minutes (SQLSTATE 53300),
+//   so a client opening a second session while holding one fails, not
+//   hangs until the test timeout.
 //
 // Usage: node timescale-server.mjs PORT      prints "READY 127.0.0.1:PORT"
 import net from 'node:net'
@@ -124,10 +125,11 @@ function refuse(sock, message) {
 
 // A client waits its turn at most this long: one that holds a session
 // while opening another would otherwise wait forever.
-const WAIT_MS = 30000
+const WAIT_MS = 120000
 
 const server = net.createServer({ pauseOnConnect: true }, (sock) => {
   sock.setNoDelay(true)
+  sock.on('error', () => sock.destroy()) // a client gone while it waited
   waiting.push(sock)
   const timer = setTimeout(() => {
     const i = waiting.indexOf(sock)
@@ -142,5 +144,7 @@ server.listen(port, host, () => console.log(`READY ${host}:${server.address().po
 
 const shutdown = async () => { server.close(); await db.close(); process.exit(0) }
 // SIGTERM only: scripts/timescale.sh stops it so. A Ctrl-C in the terminal
-// of one test run must not stop a server other runs share.
+// of one test run must not stop a server other runs share, so SIGINT is
+// ignored (node would otherwise die of it).
 process.on('SIGTERM', shutdown)
+process.on('SIGINT', () => {})

@@ -658,3 +658,45 @@ func TestEncoderRefusedWhileIsolating(t *testing.T) {
 		t.Errorf("rejected %v, want only the record of table a", c.got)
 	}
 }
+
+// TestEncoderRefusedByEveryTable: when the server refuses the sink's own
+// COPY data for several tables of one batch, each is written again
+// encoded by its table's types, and the batch lands.
+func TestEncoderRefusedByEveryTable(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 1)
+	tables := map[string]Table{}
+	for _, n := range []string{"b1", "b2", "b3"} {
+		b := Bars(e.schema, n)
+		b.Mode = ModeInsert
+		tables[n] = b
+	}
+	z, err := Mapped(e.schema, "z", Mapping{Fields: []Field{{Column: "id", Type: "varchar(2)"}}, Key: []string{"id"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables["z"] = z
+	w := newWriter(t, e, tables, defaultUnnestMax)
+	b := &record.Batch{ID: 1}
+	for _, n := range []string{"b1", "b2", "b3"} {
+		e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, n}.Sanitize()+" ALTER COLUMN volume TYPE integer")
+		bb := barBatch(1, n, 0, 0, 1, func(int) []byte { return barJSON("A", t0, 1.25, 42) })
+		b.Records = append(b.Records, bb.Records...)
+		b.Spans = append(b.Spans, bb.Spans...)
+	}
+	zb := opsBatch(1, "z", [][]byte{[]byte(`{"id":"too long"}`)}, [][]byte{nil})
+	b.Records = append(b.Records, zb.Records...)
+	b.Spans = append(b.Spans, zb.Spans...)
+	var c collector
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	for _, n := range []string{"b1", "b2", "b3"} {
+		if got := e.count(t, n); got != 1 {
+			t.Errorf("%s has %d rows, want 1", n, got)
+		}
+	}
+	if len(c.got) != 1 || c.got[0].Record.Topic != "z" {
+		t.Errorf("rejected %v, want the record of z alone", c.got)
+	}
+}

@@ -562,9 +562,18 @@ func newTarget(def Table) *target {
 	if len(def.Key) > 0 {
 		var keyCasts, match, matchOne []string
 		for i := range def.Key {
-			keyCasts = append(keyCasts, fmt.Sprintf("$%d::%s", i+1, arrayParamType(def.Columns[t.keyIdx[i]].Type)))
-			match = append(match, fmt.Sprintf("t.%s = d.%s", quotedKey[i], quotedKey[i]))
-			matchOne = append(matchOne, fmt.Sprintf("%s = $%d", quotedKey[i], i+1))
+			typ := def.Columns[t.keyIdx[i]].Type
+			keyCasts = append(keyCasts, fmt.Sprintf("$%d::%s", i+1, arrayParamType(typ)))
+			// a key the column's type rounds (numeric(p,s),
+			// timestamp(p)) is rounded as the row's was, by a cast
+			// to the whole type (never to varchar(n) or char(n),
+			// which would truncate silently)
+			round := ""
+			if kt := t.keyTypes[i]; kt.scale >= 0 || kt.tsPrecision < 6 {
+				round = "::" + typ
+			}
+			match = append(match, fmt.Sprintf("t.%s = d.%s%s", quotedKey[i], quotedKey[i], round))
+			matchOne = append(matchOne, fmt.Sprintf("%s = $%d%s", quotedKey[i], i+1, round))
 		}
 		t.deleteKeys = fmt.Sprintf("DELETE FROM %s AS t USING unnest(%s) AS d(%s) WHERE %s",
 			t.ident, strings.Join(keyCasts, ", "), strings.Join(quotedKey, ", "), strings.Join(match, " AND "))
@@ -845,6 +854,8 @@ func checkColumnsOnce(ctx context.Context, tx pgx.Tx, t *target) error {
 func (w *Writer) migrateHypertable(ctx context.Context, tx pgx.Tx, t *target, existed bool) error {
 	h := t.def.Hypertable
 	var isHyper, compressed, created bool
+	k, _ := kindOfType(t.def.Columns[slices.Index(t.cols, t.def.TimeColumn)].Type)
+	integerTime := k != vTimestamp && k != vDate
 	err := tx.QueryRow(ctx, `SELECT count(*) > 0, coalesce(bool_or(compression_enabled), false)
 FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypertable_name = $2`,
 		t.def.Schema, t.def.Name).Scan(&isHyper, &compressed)
@@ -856,7 +867,7 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 			w.log.Warn("table exists as a plain table: not converted to a hypertable", "table", t.name)
 			return nil
 		}
-		if k, _ := kindOfType(t.def.Columns[slices.Index(t.cols, t.def.TimeColumn)].Type); k != vTimestamp && k != vDate {
+		if integerTime {
 			// its chunk interval would be a number of its units, not
 			// a duration
 			w.log.Warn("time column is an integer: table left a plain table, not made a hypertable (create it as one by hand)",
@@ -900,6 +911,13 @@ FROM timescaledb_information.hypertables WHERE hypertable_schema = $1 AND hypert
 				}
 			}
 		}
+	}
+	if integerTime && isHyper {
+		// its policies would take numbers of its units, not durations
+		if h.CompressAfter > 0 {
+			w.log.Warn("hypertable with an integer time column: compress_after not applied (add a compression policy by hand)", "table", t.name)
+		}
+		return nil
 	}
 	if h.CompressAfter > 0 && existed && !compressed {
 		w.log.Info("hypertable exists without compression: left so", "table", t.name)

@@ -223,3 +223,36 @@ FROM timescaledb_information.hypertable_compression_settings WHERE hypertable = 
 FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression' AND hypertable_schema = $1 ORDER BY 1`, e.schema),
 		[]string{"bars | 168:00:00"})
 }
+
+// TestTimescaleIntegerHypertableByHand: a hypertable a user made by hand
+// on an integer time column is used as it is; compress_after, a duration,
+// is not applied to it (and does not fail Migrate).
+func TestTimescaleIntegerHypertableByHand(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnvAt(t, testTimescale(t), 1)
+	ticks, err := Mapped(e.schema, "ticks", Mapping{Fields: []Field{{Column: "id", Type: "text"}, {Column: "t", Type: "bigint"}},
+		Key: []string{"id", "t"}, TimeColumn: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticks.Hypertable.CompressAfter = 7 * 24 * time.Hour
+	id := pgx.Identifier{e.schema, "ticks"}.Sanitize()
+	e.exec(t, "CREATE TABLE "+id+" (id text, t bigint, PRIMARY KEY (id, t))")
+	e.exec(t, "SELECT create_hypertable('"+id+"', by_range('t', 1000))")
+	e.exec(t, "ALTER TABLE "+id+" SET (timescaledb.compress, timescaledb.compress_segmentby = 'id')")
+	w, err := New(e.pool, Config{Tables: map[string]Table{"ticks": ticks}, OffsetsSchema: e.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := w.Migrate(ctx); err != nil {
+			t.Fatalf("migrate, run %d: %v", i+1, err)
+		}
+	}
+	if err := w.Write(ctx, opsBatch(1, "ticks", [][]byte{[]byte(`{"id":"a","t":1500}`)}, [][]byte{nil}), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := queryStrings(t, e, "SELECT id, t FROM "+id); !slices.Equal(got, []string{"a | 1500"}) {
+		t.Errorf("rows %q", got)
+	}
+}

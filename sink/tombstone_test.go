@@ -474,3 +474,54 @@ func TestKeysRoundedByTheColumnType(t *testing.T) {
 		})
 	}
 }
+
+// TestTombstoneOfRoundedKeyDeletes: a tombstone deletes the row its key
+// names as the column's type rounds it, in a later batch too.
+func TestTombstoneOfRoundedKeyDeletes(t *testing.T) {
+	for _, typ := range []string{"numeric(6,1)", "timestamptz(0)"} {
+		t.Run(typ, func(t *testing.T) {
+			ctx := context.Background()
+			e := newPGEnv(t, 1)
+			tb, err := Mapped(e.schema, "nk", Mapping{Fields: []Field{{Column: "id", Type: typ}, {Column: "v", Type: "integer"}}, Key: []string{"id"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tb.DeleteTombstones = true
+			w := newWriter(t, e, map[string]Table{"nk": tb}, defaultUnnestMax)
+			id := `1.24`
+			if typ != "numeric(6,1)" {
+				id = `"2026-01-02T12:00:00.25Z"`
+			}
+			var c collector
+			if err := w.Write(ctx, opsBatch(1, "nk", [][]byte{[]byte(`{"id":` + id + `,"v":1}`)}, [][]byte{nil}), c.reject); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Write(ctx, opsBatch(2, "nk", [][]byte{nil}, [][]byte{[]byte(`{"id":` + id + `}`)}), c.reject); err != nil {
+				t.Fatal(err)
+			}
+			if got := rowsOf(t, e, "nk", "id", "v"); len(got) != 0 || len(c.got) != 0 {
+				t.Errorf("after the tombstone of the key the upsert wrote: rows %v (rejected %v), want none", got, c.got)
+			}
+		})
+	}
+}
+
+// TestArrayKeysThatDiffer: text[] keys that differ are two keys, however
+// their elements split.
+func TestArrayKeysThatDiffer(t *testing.T) {
+	ctx := context.Background()
+	e := newPGEnv(t, 1)
+	tb, err := Mapped(e.schema, "arr", Mapping{Fields: []Field{{Column: "tags", Type: "text[]"}, {Column: "v", Type: "integer"}}, Key: []string{"tags"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWriter(t, e, map[string]Table{"arr": tb}, defaultUnnestMax)
+	var c collector
+	b := opsBatch(1, "arr", [][]byte{[]byte(`{"tags":["a b"],"v":1}`), []byte(`{"tags":["a","b"],"v":2}`), []byte(`{"tags":["a","b"],"v":3}`)}, [][]byte{nil, nil, nil})
+	if err := w.Write(ctx, b, c.reject); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rowsOf(t, e, "arr", "tags", "v"), []string{`{"a b"}=1`, "{a,b}=3"}; !slices.Equal(got, want) || len(c.got) > 0 {
+		t.Errorf("rows %v (rejected %v), want %v", got, c.got, want)
+	}
+}

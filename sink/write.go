@@ -98,14 +98,17 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 	}
 	isolate := false
 	var out outcome
-	// at most: an encoder refusal, then a data error to isolate (each
-	// changes what the next attempt does)
-	for range 3 {
+	// Each attempt that ends early changes what the next one does: an
+	// encoder refusal turns the sink's own encoder off for one table (at
+	// most once per table; while isolating, isolate handles it), a data
+	// error turns isolating on (once).
+	for refusals := 0; ; {
 		out, err = w.attempt(ctx, b, p, reject, isolate)
-		switch {
-		case errors.Is(err, errEncoderRefused):
-			continue // the sink encodes by the table's types now
-		case errors.Is(err, errIsolate) && !isolate:
+		if errors.Is(err, errEncoderRefused) && refusals < len(p.groups) {
+			refusals++
+			continue
+		}
+		if errors.Is(err, errIsolate) && !isolate {
 			isolate = true
 			continue
 		}
@@ -415,8 +418,17 @@ func appendKey(buf []byte, v any, kt keyType) []byte {
 		return append(buf, 5, 0)
 	case pgtype.Numeric:
 		return appendKeyNumeric(buf, x, kt.scale)
+	case []string:
+		buf = binary.AppendUvarint(append(buf, 8), uint64(len(x)))
+		for _, e := range x {
+			buf = appendKeyText(buf, e, kt)
+		}
+		return buf
 	}
-	s := fmt.Sprintf("%T %v", v, v)
+	// anything else by its Go syntax, which tells apart what differs (a
+	// merge of different keys would lose a record; a missed merge is
+	// isolated by the database's 21000)
+	s := fmt.Sprintf("%T %#v", v, v)
 	return appendKeyString(append(buf, 6), s)
 }
 
