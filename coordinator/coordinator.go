@@ -818,6 +818,8 @@ func (c *Coordinator) dropRevoked(b *record.Batch, parts []*partition) (*record.
 	for _, r := range b.Records {
 		if slices.ContainsFunc(gone, func(ps *partition) bool { return ps.tp == r.TP() }) {
 			droppedRecs = append(droppedRecs, r)
+		} else {
+			kept.Records = append(kept.Records, r)
 		}
 	}
 	c.dlq.Forget(droppedRecs)
@@ -831,11 +833,6 @@ func (c *Coordinator) dropRevoked(b *record.Batch, parts []*partition) (*record.
 			return nil, nil, fmt.Errorf("discarding abandoned batch %d from the WAL: %w", b.ID, err)
 		}
 		return nil, nil, nil
-	}
-	for _, r := range b.Records {
-		if slices.ContainsFunc(keep, func(ps *partition) bool { return ps.tp == r.TP() }) {
-			kept.Records = append(kept.Records, r)
-		}
 	}
 	id, err := c.wal.Append(kept.Spans, len(kept.Records))
 	if err != nil {

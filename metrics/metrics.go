@@ -222,19 +222,20 @@ func Names() []string {
 		ch := make(chan *prometheus.Desc, 4)
 		go func() { c.Describe(ch); close(ch) }()
 		for d := range ch {
-			names = append(names, descName(d.String()))
+			names = append(names, DescName(d))
 		}
 	}
 	return names
 }
 
-// descName takes the fqName out of a Desc's String form.
-func descName(s string) string {
-	const key = `fqName: "`
-	i := strings.Index(s, key)
-	if i < 0 {
+// DescName returns the fully qualified name of the metric d describes
+// (prometheus.Desc keeps it unexported; its String form shows it quoted,
+// and a metric name holds no quote), or "" if it cannot be read.
+func DescName(d *prometheus.Desc) string {
+	_, rest, ok := strings.Cut(d.String(), `fqName: "`)
+	if !ok {
 		return ""
 	}
-	s = s[i+len(key):]
-	return s[:strings.IndexByte(s, '"')]
+	name, _, _ := strings.Cut(rest, `"`)
+	return name
 }

@@ -20,12 +20,19 @@ import (
 // KTSINK_INTEGRATION=1 says it must run.
 func testPostgres(t testing.TB) string {
 	t.Helper()
-	url := os.Getenv("DATABASE_URL")
+	return testDatabase(t, "DATABASE_URL", "PostgreSQL")
+}
+
+// testDatabase returns the URL in the environment variable name; unset,
+// the test is skipped, unless KTSINK_INTEGRATION=1 says it must run.
+func testDatabase(t testing.TB, name, what string) string {
+	t.Helper()
+	url := os.Getenv(name)
 	if url == "" {
 		if os.Getenv("KTSINK_INTEGRATION") == "1" {
-			t.Fatal("DATABASE_URL is not set but KTSINK_INTEGRATION=1 requires PostgreSQL")
+			t.Fatalf("%s is not set but KTSINK_INTEGRATION=1 requires %s", name, what)
 		}
-		t.Skip("DATABASE_URL not set: skipping PostgreSQL integration test")
+		t.Skipf("%s not set: skipping %s integration test", name, what)
 	}
 	return url
 }

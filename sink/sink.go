@@ -780,12 +780,16 @@ func checkColumns(ctx context.Context, tx pgx.Tx, t *target) ([]error, error) {
 	if err != nil {
 		return nil, err
 	}
-	if differ || len(problems) > 0 {
-		t.types.Store(typesDiffer)
-	} else {
-		t.types.Store(typesSame)
-	}
+	t.types.Store(typesState(differ, problems))
 	return problems, nil
+}
+
+// typesState is the target.types a column check comes to.
+func typesState(differ bool, problems []error) int32 {
+	if differ || len(problems) > 0 {
+		return typesDiffer
+	}
+	return typesSame
 }
 
 // columnsDiffer compares the columns of an existing table with the
@@ -836,11 +840,7 @@ func checkColumnsOnce(ctx context.Context, tx pgx.Tx, t *target) error {
 	if err != nil {
 		return err
 	}
-	state := typesSame
-	if differ || len(problems) > 0 {
-		state = typesDiffer
-	}
-	t.types.CompareAndSwap(typesUnchecked, state)
+	t.types.CompareAndSwap(typesUnchecked, typesState(differ, problems))
 	return nil
 }
 

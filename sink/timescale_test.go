@@ -3,7 +3,6 @@ package sink
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -17,14 +16,7 @@ import (
 // is skipped, unless KTSINK_INTEGRATION=1 says it must run.
 func testTimescale(t testing.TB) string {
 	t.Helper()
-	url := os.Getenv("TIMESCALE_URL")
-	if url == "" {
-		if os.Getenv("KTSINK_INTEGRATION") == "1" {
-			t.Fatal("TIMESCALE_URL is not set but KTSINK_INTEGRATION=1 requires TimescaleDB (scripts/timescale.sh up)")
-		}
-		t.Skip("TIMESCALE_URL not set: skipping TimescaleDB integration test")
-	}
-	return url
+	return testDatabase(t, "TIMESCALE_URL", "TimescaleDB (scripts/timescale.sh up)")
 }
 
 // queryStrings runs sql and returns each row's columns joined by " | ".

@@ -247,15 +247,9 @@ func TestTombstoneRefusedDeleteIsIsolated(t *testing.T) {
 			}
 			tb.DeleteTombstones = true
 			counted := map[string]int{}
-			w, err := New(e.pool, Config{Tables: map[string]Table{"kv": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst},
-				WithTombstones(func(topic, action string, n int) { counted[topic+" "+action] += n }))
-			if err != nil {
-				t.Fatal(err)
-			}
-			w.unnestMax = p.unnestMax
-			if err := w.Migrate(ctx); err != nil {
-				t.Fatal(err)
-			}
+			w := newWriter(t, e, map[string]Table{"kv": tb}, p.unnestMax)
+			w.cfg.NoCopyFirst = p.noCopyFirst
+			w.countTombstones = func(topic, action string, n int) { counted[topic+" "+action] += n }
 			kv := pgx.Identifier{e.schema, "kv"}.Sanitize()
 			e.exec(t, "INSERT INTO "+kv+" VALUES ('a', 1), ('bad', 2), ('c', 3), ('d', 4)")
 			e.exec(t, fmt.Sprintf(`CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -338,14 +332,8 @@ func TestRefusedLastVersionFallsBack(t *testing.T) {
 			e := newPGEnv(t, 1)
 			tb := Bars(e.schema, "bars")
 			tb.DeleteTombstones = true
-			w, err := New(e.pool, Config{Tables: map[string]Table{"bars": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst})
-			if err != nil {
-				t.Fatal(err)
-			}
-			w.unnestMax = p.unnestMax
-			if err := w.Migrate(ctx); err != nil {
-				t.Fatal(err)
-			}
+			w := newWriter(t, e, map[string]Table{"bars": tb}, p.unnestMax)
+			w.cfg.NoCopyFirst = p.noCopyFirst
 			e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ADD CONSTRAINT volume_positive CHECK (volume >= 0)")
 			first := barBatch(1, "bars", 0, 0, 4, func(i int) []byte { return barJSON(string(rune('A'+i)), t0, 1, 1) })
 			if err := w.Write(ctx, first, nil); err != nil {
@@ -400,14 +388,8 @@ func TestKeysEqualAsTheDatabaseHoldsThem(t *testing.T) {
 				t.Fatal(err)
 			}
 			tb.DeleteTombstones = true
-			w, err := New(e.pool, Config{Tables: map[string]Table{"nk": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst})
-			if err != nil {
-				t.Fatal(err)
-			}
-			w.unnestMax = p.unnestMax
-			if err := w.Migrate(ctx); err != nil {
-				t.Fatal(err)
-			}
+			w := newWriter(t, e, map[string]Table{"nk": tb}, p.unnestMax)
+			w.cfg.NoCopyFirst = p.noCopyFirst
 			b := opsBatch(1, "nk",
 				[][]byte{
 					[]byte(`{"id":1,"tag":"ab","v":1}`), nil, // upserted, then deleted as 1.0/"ab  "
@@ -446,14 +428,8 @@ func TestKeysRoundedByTheColumnType(t *testing.T) {
 				t.Fatal(err)
 			}
 			tb.DeleteTombstones = true
-			w, err := New(e.pool, Config{Tables: map[string]Table{"nk": tb}, OffsetsSchema: e.schema, NoCopyFirst: p.noCopyFirst})
-			if err != nil {
-				t.Fatal(err)
-			}
-			w.unnestMax = p.unnestMax
-			if err := w.Migrate(ctx); err != nil {
-				t.Fatal(err)
-			}
+			w := newWriter(t, e, map[string]Table{"nk": tb}, p.unnestMax)
+			w.cfg.NoCopyFirst = p.noCopyFirst
 			e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "nk"}.Sanitize()+" ADD CHECK (v >= 0)")
 			b := opsBatch(1, "nk",
 				[][]byte{

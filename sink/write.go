@@ -22,9 +22,10 @@ import (
 // plan is a decoded batch: rows grouped by target, and the records that
 // could not be decoded.
 type plan struct {
-	groups   []*group // in w.targets order
-	rejected []record.Rejected
-	spans    []record.Span // of exactly_once topics
+	groups     []*group // in w.targets order
+	rejected   []record.Rejected
+	spans      []record.Span // of exactly_once topics
+	tombstones bool          // the batch has any
 }
 
 // group is the rows of one batch for one target; recs[i] produced rows[i].
@@ -93,7 +94,7 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 				return fmt.Errorf("writing batch %d: %w", b.ID, err)
 			}
 		}
-		w.tombstonesDone(b, nil, p.rejected)
+		w.tombstonesDone(b, p, nil, p.rejected)
 		return nil
 	}
 	isolate := false
@@ -115,7 +116,7 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 		break
 	}
 	if err == nil {
-		w.tombstonesDone(b, out.skip, out.rejected)
+		w.tombstonesDone(b, p, out.skip, out.rejected)
 	}
 	return err
 }
@@ -130,8 +131,8 @@ type outcome struct {
 // deleted (including those a later record of their key superseded in
 // the batch) or skipped; not those of spans applied already (counted when
 // they were applied) nor those rejected.
-func (w *Writer) tombstonesDone(b *record.Batch, skip map[record.TopicPartition]bool, rejected []record.Rejected) {
-	if w.countTombstones == nil {
+func (w *Writer) tombstonesDone(b *record.Batch, p *plan, skip map[record.TopicPartition]bool, rejected []record.Rejected) {
+	if w.countTombstones == nil || !p.tombstones {
 		return
 	}
 	var refused map[*record.Record]bool
@@ -202,6 +203,7 @@ func (w *Writer) decode(b *record.Batch) (*plan, error) {
 	for _, r := range b.Records {
 		rt := w.routes[r.Topic]
 		tombstone := r.Value == nil
+		p.tombstones = p.tombstones || tombstone
 		if tombstone && !rt.deletes {
 			continue
 		}

@@ -364,13 +364,12 @@ func (w *WAL) MarkApplied(id uint64) error {
 		if err != nil {
 			return err
 		}
-		v := entries.Get(idKey(id))
-		if v == nil {
-			return ErrNotFound
-		}
-		e, err := decodeEntry(id, v)
+		e, found, err := getEntry(entries, id)
 		if err != nil {
 			return err
+		}
+		if !found {
+			return ErrNotFound
 		}
 		if e.State == StateApplied {
 			return nil
@@ -398,12 +397,8 @@ func (w *WAL) Discard(id uint64) error {
 		if err != nil {
 			return err
 		}
-		v := entries.Get(idKey(id))
-		if v == nil {
-			return nil
-		}
-		e, err := decodeEntry(id, v)
-		if err != nil {
+		e, found, err := getEntry(entries, id)
+		if err != nil || !found {
 			return err
 		}
 		if err := deleteEntry(tx, &e); err != nil {
@@ -416,6 +411,16 @@ func (w *WAL) Discard(id uint64) error {
 		return w.errorf("discarding entry %d: %w", id, err)
 	}
 	return nil
+}
+
+// getEntry reads entry id; found is false when there is none.
+func getEntry(entries *bolt.Bucket, id uint64) (e Entry, found bool, err error) {
+	v := entries.Get(idKey(id))
+	if v == nil {
+		return Entry{}, false, nil
+	}
+	e, err = decodeEntry(id, v)
+	return e, err == nil, err
 }
 
 // remember records the committed offsets in the marks and returns a copy of
@@ -652,13 +657,12 @@ func trimmable(tx *bolt.Tx, marks, changed map[record.TopicPartition]int64) ([]E
 	ids = slices.Compact(ids)
 	var out []Entry
 	for _, id := range ids {
-		v := entries.Get(idKey(id))
-		if v == nil {
-			return nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
-		}
-		e, err := decodeEntry(id, v)
+		e, found, err := getEntry(entries, id)
 		if err != nil {
 			return nil, err
+		}
+		if !found {
+			return nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
 		}
 		if allDone(&e, marks) {
 			out = append(out, e)
@@ -709,13 +713,12 @@ func recoverPartition(tx *bolt.Tx, tp record.TopicPartition, committed int64) (i
 		if err != nil {
 			return 0, nil, err
 		}
-		v := entries.Get(idKey(id))
-		if v == nil {
-			return 0, nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
-		}
-		e, err := decodeEntry(id, v)
+		e, found, err := getEntry(entries, id)
 		if err != nil {
 			return 0, nil, err
+		}
+		if !found {
+			return 0, nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
 		}
 		s, ok := e.Span(tp)
 		if !ok {

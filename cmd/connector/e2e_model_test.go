@@ -25,11 +25,18 @@ import (
 // line indented for the list) and returns its path.
 func (e *env) modelConfig(name, topics string) string {
 	e.t.Helper()
+	return e.modelConfigWith(name, "", topics)
+}
+
+// modelConfigWith is modelConfig with more postgres settings (YAML lines
+// indented for that section).
+func (e *env) modelConfigWith(name, postgres, topics string) string {
+	e.t.Helper()
 	cfg := fmt.Sprintf(`kafka:
   group: %s
 postgres:
   schema: %s
-coordinator:
+%scoordinator:
   workers: 2
   batch_size: 2000
 wal:
@@ -41,7 +48,7 @@ metrics:
   addr: "127.0.0.1:0"
   queue_poll: 50ms
 topics:
-%s`, e.group, e.schema, filepath.Join(e.dir, name+".wal"), filepath.Join(e.dir, name+"-dlq.ndjson"), topics)
+%s`, e.group, e.schema, postgres, filepath.Join(e.dir, name+".wal"), filepath.Join(e.dir, name+"-dlq.ndjson"), topics)
 	p := filepath.Join(e.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)

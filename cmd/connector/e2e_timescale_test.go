@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -24,30 +22,11 @@ import (
 // connection.
 func TestEndToEndTimescale(t *testing.T) {
 	e := newEnvWithout(t, testenv.Kafka(t), testenv.Timescale(t), 2, 1, nil)
-	cfg := filepath.Join(e.dir, "ts.yaml")
-	if err := os.WriteFile(cfg, fmt.Appendf(nil, `kafka:
-  group: %s
-postgres:
-  schema: %s
-  max_conns: 1
-coordinator:
-  workers: 2
-  batch_size: 500
-wal:
-  path: %s
-dlq:
-  topic: "-"
-  file: %s
-metrics:
-  addr: "127.0.0.1:0"
-topics:
-  - name: %s
+	cfg := e.modelConfigWith("ts", "  max_conns: 1\n", fmt.Sprintf(`  - name: %s
     kind: bars
     table: bars
     tombstones: delete
-`, e.group, e.schema, filepath.Join(e.dir, "ts.wal"), filepath.Join(e.dir, "ts-dlq.ndjson"), e.topic), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, e.topic))
 	ctx := context.Background()
 	// withDB runs f on a connection of its own, closed after
 	withDB := func(f func(db *pgx.Conn)) {

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -447,23 +446,11 @@ func (r withoutKpromGaugesNamedTotal) MustRegister(cs ...prometheus.Collector) {
 // names.
 func isKpromGaugeNamedTotal(c prometheus.Collector) bool {
 	m, ok := c.(prometheus.Metric)
-	if !ok || !kpromGaugesNamedTotal[descName(m.Desc())] {
+	if !ok || !kpromGaugesNamedTotal[metrics.DescName(m.Desc())] {
 		return false
 	}
 	var pb dto.Metric
 	return m.Write(&pb) == nil && pb.Gauge != nil
-}
-
-// descName returns the fully qualified name of the metric d describes
-// (prometheus.Desc keeps it unexported; its String shows it quoted, and a
-// metric name holds no quote).
-func descName(d *prometheus.Desc) string {
-	_, rest, ok := strings.Cut(d.String(), `fqName: "`)
-	if !ok {
-		return ""
-	}
-	name, _, _ := strings.Cut(rest, `"`)
-	return name
 }
 
 func walOpts(cfg config.Config, log *slog.Logger) []wal.Option {
