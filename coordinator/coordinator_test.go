@@ -43,6 +43,9 @@ type world struct {
 	entered    func(b *record.Batch) // when set, called as Write begins
 	cancelled  int                   // Writes that ended because their ctx did
 	commitFail func() error          // when set, Commit fails with its error
+	recovered  map[record.TopicPartition]int64 // what the WAL knows applied, by partition
+	commitMu   sync.Mutex                      // one commit at a time, as the source makes them
+	inRevoke   bool                            // under commitMu: the commit is of Revoke's positions
 }
 
 func newWorld(t *testing.T) *world {
@@ -89,6 +92,74 @@ func (w *world) MarkApplied(id uint64) error {
 }
 
 func (w *world) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
+
+func (w *world) Recover(tp record.TopicPartition, committed int64) (Recovery, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if through, ok := w.recovered[tp]; ok && through > committed {
+		return Recovery{AppliedThrough: through}, nil
+	}
+	return Recovery{AppliedThrough: committed}, nil
+}
+
+// commitFrom commits what c reports committable, the way the source does.
+func (w *world) commitFrom(c *Coordinator) error {
+	w.commitMu.Lock()
+	defer w.commitMu.Unlock()
+	offs := c.Committable()
+	if len(offs) == 0 {
+		return nil
+	}
+	if err := w.Commit(context.Background(), offs); err != nil {
+		return err
+	}
+	return c.Committed(offs)
+}
+
+// revoke revokes tps and commits the positions Revoke returns, the way the
+// source does.
+func (w *world) revoke(c *Coordinator, tps []record.TopicPartition) error {
+	offs, err := c.Revoke(context.Background(), tps)
+	w.commitMu.Lock()
+	defer w.commitMu.Unlock()
+	w.inRevoke = true
+	defer func() { w.inRevoke = false }()
+	if len(offs) > 0 {
+		if cerr := w.Commit(context.Background(), offs); cerr != nil {
+			return errors.Join(err, cerr)
+		}
+	}
+	return errors.Join(err, c.Committed(offs))
+}
+
+// assign assigns tps with nothing committed.
+func assign(t *testing.T, c *Coordinator, tps []record.TopicPartition) {
+	t.Helper()
+	committed := map[record.TopicPartition]int64{}
+	for _, tp := range tps {
+		committed[tp] = -1
+	}
+	if _, err := c.Assign(context.Background(), committed); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// assignAt assigns tp with committed committed and the WAL knowing its
+// records applied up to walThrough.
+func assignAt(t *testing.T, c *Coordinator, w *world, tp record.TopicPartition, committed, walThrough int64) map[record.TopicPartition]int64 {
+	t.Helper()
+	w.mu.Lock()
+	if w.recovered == nil {
+		w.recovered = map[record.TopicPartition]int64{}
+	}
+	w.recovered[tp] = walThrough
+	w.mu.Unlock()
+	starts, err := c.Assign(context.Background(), map[record.TopicPartition]int64{tp: committed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return starts
+}
 
 func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.Context, []record.Rejected) error) error {
 	w.mu.Lock()
@@ -157,6 +228,7 @@ func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.
 		w.cancelled++
 		return err
 	}
+	w.checkSpansLocked(b)
 	rejected := map[*record.Record]bool{}
 	for _, r := range rej {
 		rejected[r.Record] = true
@@ -177,6 +249,29 @@ func (w *world) Write(ctx context.Context, b *record.Batch, reject func(context.
 	}
 	w.walState[b.ID] = "committed-db"
 	return nil
+}
+
+// checkSpansLocked checks that a batch's spans cover only records that are
+// in the batch or already landed or durably dead-lettered: the WAL marks
+// the whole span applied once the batch commits. (Offsets a test's log
+// does not hold are marked landed by the test.)
+func (w *world) checkSpansLocked(b *record.Batch) {
+	in := map[record.TopicPartition]map[int64]bool{}
+	for _, r := range b.Records {
+		if in[r.TP()] == nil {
+			in[r.TP()] = map[int64]bool{}
+		}
+		in[r.TP()][r.Offset] = true
+	}
+	for _, sp := range b.Spans {
+		for o := sp.From; o < sp.Next; o++ {
+			tp := sp.TopicPartition
+			if !in[tp][o] && !w.landed[tp][o] && w.dead[tp][o] == "" {
+				w.violate("batch %d span %s covers %s@%d, which is neither in the batch nor landed nor dead-lettered", b.ID, sp, tp, o)
+				break
+			}
+		}
+	}
 }
 
 // DeadLetters
@@ -213,7 +308,7 @@ func (d dlqFunc) Write(_ context.Context, rej []record.Rejected) error {
 
 // Commit checks invariant 1: every offset below the committed one is
 // landed or dead-lettered.
-func (w *world) Commit(_ context.Context, offs map[record.TopicPartition]Position) error {
+func (w *world) Commit(_ context.Context, offs map[record.TopicPartition]record.Position) error {
 	if w.commitFail != nil {
 		if err := w.commitFail(); err != nil {
 			return err
@@ -252,12 +347,13 @@ func testConfig() Config {
 		FlushInterval: 5 * time.Millisecond, Overflow: OverflowBlock, RevokeTimeout: 5 * time.Second,
 		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 5 * time.Millisecond,
 		RetryMultiplier: 2, RetryJitter: true, BreakerThreshold: 3, BreakerHalfOpenAfter: 50 * time.Millisecond,
+		GaugeInterval: 250 * time.Millisecond,
 	}
 }
 
 func newCoord(t *testing.T, w *world, cfg Config, opts ...Option) *Coordinator {
 	t.Helper()
-	c, err := New(cfg, w, w, dlqFunc{w}, w, opts...)
+	c, err := New(cfg, w, w, dlqFunc{w}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,16 +401,38 @@ func partitions(n int) []record.TopicPartition {
 	return tps
 }
 
-func runCoord(t *testing.T, c *Coordinator) (wait func() error) {
+// runCoord runs c, and a committer of what it reports committable into w
+// (as the source runs one), until wait: wait drains c, commits a last
+// time and returns the errors.
+func runCoord(t *testing.T, c *Coordinator, w *world) (wait func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(ctx) }()
+	committerDone := make(chan struct{})
+	go func() {
+		defer close(committerDone)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.CommitWake():
+			case <-tick.C:
+			case <-ctx.Done():
+				return
+			}
+			_ = w.commitFrom(c) // a failed commit is retried at the next wake, as the source does
+		}
+	}()
 	t.Cleanup(cancel)
 	return func() error {
 		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer dcancel()
 		err := c.Drain(dctx)
 		cancel()
+		<-committerDone
+		if err == nil {
+			err = w.commitFrom(c)
+		}
 		return errors.Join(err, <-errc)
 	}
 }
@@ -338,8 +456,8 @@ func TestLandsEverythingInOrderAndCommitsTheEnd(t *testing.T) {
 			cfg.Workers = tt.workers
 			c := newCoord(t, w, cfg)
 			tps := partitions(tt.parts)
-			c.Assign(tps)
-			wait := runCoord(t, c)
+			assign(t, c, tps)
+			wait := runCoord(t, c, w)
 			feed(t, c, tps, tt.perPart)
 			if err := wait(); err != nil {
 				t.Fatal(err)
@@ -363,8 +481,8 @@ func TestQueueNeverExceedsCapacityAndWatermarksToggle(t *testing.T) {
 	cfg := testConfig()
 	c := newCoord(t, w, cfg)
 	tps := partitions(4)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 
 	submitted := make(chan error, 1)
 	go func() {
@@ -427,8 +545,8 @@ func TestDropOldestDeadLettersAndNeverLoses(t *testing.T) {
 	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark = 300, 250, 100
 	c := newCoord(t, w, cfg)
 	tps := partitions(3)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	feed(t, c, tps, 3000)
 	if err := wait(); err != nil {
 		t.Fatal(err)
@@ -459,6 +577,78 @@ func TestDropOldestDeadLettersAndNeverLoses(t *testing.T) {
 	t.Logf("%d records dropped to the dead letters", dropped)
 }
 
+// TestDroppedRecordNeverCoveredBeforeDurable: while the dead letters are
+// down, records drop_oldest takes out of the queue are not durable; no
+// batch's span (which the WAL marks applied, and exactly_once's offsets
+// row passes) may cover them until they are. Every record ends landed or
+// dead-lettered, and the end is committed.
+func TestDroppedRecordNeverCoveredBeforeDurable(t *testing.T) {
+	w := newWorld(t)
+	w.writeDelay = time.Millisecond
+	var mu sync.Mutex
+	dlqDown := true
+	failures := 0
+	w.dlqFail = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if dlqDown {
+			failures++
+			return errors.New("dead-letter topic unwritable")
+		}
+		return nil
+	}
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.BatchSize = 20
+	cfg.Overflow = OverflowDropOldest
+	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark = 50, 40, 20
+	c := newCoord(t, w, cfg)
+	tps := partitions(1)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
+	fed := make(chan struct{})
+	go func() { defer close(fed); feed(t, c, tps, 400) }()
+	deadline := time.After(5 * time.Second)
+	for {
+		mu.Lock()
+		n := failures
+		mu.Unlock()
+		if n >= 2 {
+			break
+		}
+		select {
+		case <-deadline:
+			t.Fatal("no dead letter was attempted while the queue overflowed: the test did not exercise drops")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // batches keep coming while the drops wait
+	mu.Lock()
+	dlqDown = false
+	mu.Unlock()
+	<-fed
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	tp := tps[0]
+	dropped := 0
+	for o := int64(0); o < 400; o++ {
+		switch inDB, dead := w.landed[tp][o], w.dead[tp][o]; {
+		case !inDB && dead == "":
+			t.Fatalf("%s@%d vanished", tp, o)
+		case dead == record.ClassOverflow:
+			dropped++
+		}
+	}
+	if dropped == 0 {
+		t.Fatal("nothing was dropped: the test did not exercise overflow")
+	}
+	if w.committed[tp] != 400 {
+		t.Errorf("committed %d, want 400", w.committed[tp])
+	}
+}
+
 func TestErrorOverflowRefuses(t *testing.T) {
 	w := newWorld(t)
 	w.hold = make(chan struct{})
@@ -468,7 +658,7 @@ func TestErrorOverflowRefuses(t *testing.T) {
 	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark, cfg.BatchSize = 10, 8, 4, 5
 	c := newCoord(t, w, cfg)
 	tps := partitions(1)
-	c.Assign(tps)
+	assign(t, c, tps)
 	var recs []*record.Record
 	for i := range 11 {
 		recs = append(recs, &record.Record{Topic: "bars", Offset: int64(i)})
@@ -484,8 +674,8 @@ func TestDataRejectsGoToDeadLettersAndOffsetsPassThem(t *testing.T) {
 	w.reject = func(r *record.Record) bool { return r.Offset%97 == 5 }
 	c := newCoord(t, w, testConfig())
 	tps := partitions(2)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	feed(t, c, tps, 1000)
 	if err := wait(); err != nil {
 		t.Fatal(err)
@@ -524,15 +714,15 @@ func TestTransientErrorsRetryBehindTheBreakerAndNeverDeadLetter(t *testing.T) {
 	var transitions []BreakerState
 	cfg := testConfig()
 	c := newCoord(t, w, cfg, WithRetryable(func(err error) bool { return errors.Is(err, errTransient) }))
-	c.breaker.onChange = func(from, to BreakerState) {
+	c.retry.breaker.onChange = func(from, to BreakerState) {
 		mu.Lock()
 		transitions = append(transitions, to)
 		mu.Unlock()
 		c.breakerChanged(from, to)
 	}
 	tps := partitions(2)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	feed(t, c, tps, 500)
 	deadline := time.Now().Add(5 * time.Second)
 	for c.BreakerState() != Open && c.BreakerState() != HalfOpen {
@@ -573,7 +763,7 @@ func TestPermanentErrorStopsWithoutCommitting(t *testing.T) {
 	w.fail = func(b *record.Batch, _ int) error { return boom }
 	c := newCoord(t, w, testConfig())
 	tps := partitions(1)
-	c.Assign(tps)
+	assign(t, c, tps)
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(context.Background()) }()
 	if err := c.Submit(context.Background(), []*record.Record{{Topic: "bars", Offset: 0}}); err != nil {
@@ -586,6 +776,9 @@ func TestPermanentErrorStopsWithoutCommitting(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a permanent sink error did not stop the coordinator")
+	}
+	if err := w.commitFrom(c); err != nil {
+		t.Fatal(err)
 	}
 	if w.commits != 0 {
 		t.Fatalf("%d commits after a failed batch", w.commits)
@@ -607,8 +800,8 @@ func TestDeadLetterOutageHoldsOffsets(t *testing.T) {
 	}
 	c := newCoord(t, w, testConfig())
 	tps := partitions(1)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	feed(t, c, tps, 100)
 	time.Sleep(200 * time.Millisecond)
 	w.mu.Lock()
@@ -635,13 +828,13 @@ func TestRevokeWaitsForInFlightCommitsAndForgets(t *testing.T) {
 	cfg.Workers = 1
 	c := newCoord(t, w, cfg)
 	tps := partitions(2)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	feed(t, c, tps, 500)
 	// a batch is in flight and held; the rest is queued
 	time.Sleep(20 * time.Millisecond)
 	revoked := make(chan error, 1)
-	go func() { revoked <- c.Revoke(context.Background(), tps[:1], true) }()
+	go func() { revoked <- w.revoke(c, tps[:1]) }()
 	select {
 	case err := <-revoked:
 		t.Fatalf("Revoke returned (%v) while a batch of the partition was in flight", err)
@@ -684,12 +877,12 @@ func TestLostCommitsNothing(t *testing.T) {
 	cfg.Workers = 1
 	c := newCoord(t, w, cfg)
 	tps := partitions(1)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	feed(t, c, tps, 300)
 	time.Sleep(20 * time.Millisecond)
 	lost := make(chan error, 1)
-	go func() { lost <- c.Revoke(context.Background(), tps, false) }()
+	go func() { lost <- c.Lost(context.Background(), tps) }()
 	time.Sleep(20 * time.Millisecond)
 	close(w.hold)
 	if err := <-lost; err != nil {
@@ -789,20 +982,20 @@ func TestRevokeCancelsBatchHeldPastTimeout(t *testing.T) {
 				cfg.BreakerThreshold, cfg.BreakerHalfOpenAfter = 1, time.Hour
 			}
 			c := newCoord(t, w, cfg, WithRetryable(retryTransient))
-			c.breaker.now = func() time.Time {
+			c.retry.breaker.now = func() time.Time {
 				clockMu.Lock()
 				defer clockMu.Unlock()
 				return clock
 			}
-			c.Assign(tps)
-			wait := runCoord(t, c)
+			assign(t, c, tps)
+			wait := runCoord(t, c, w)
 			if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
 				t.Fatal(err)
 			}
 			waitFor(t, out.failed, "the first failed write")
 			if tt.held == "breaker" {
 				for {
-					changed := c.breaker.Changed()
+					changed := c.retry.breaker.Changed()
 					if c.BreakerState() == Open {
 						break
 					}
@@ -810,7 +1003,7 @@ func TestRevokeCancelsBatchHeldPastTimeout(t *testing.T) {
 				}
 			}
 
-			err := c.Revoke(context.Background(), tps[:1], true)
+			err := w.revoke(c, tps[:1])
 			t.Logf("Revoke: %v", err)
 			// the outage ends after Revoke returned: the revoked partition
 			// belongs to another process now
@@ -865,8 +1058,8 @@ func TestRevokeKeepsOwnedPartitionsOfHeldBatch(t *testing.T) {
 	cfg.RevokeTimeout = 50 * time.Millisecond
 	c := newCoord(t, w, cfg, WithRetryable(retryTransient))
 	tps := partitions(2)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	// one Submit queues both partitions' records at once: they make one batch
 	recs := append(recordsOf(tps[0], 0, 10), recordsOf(tps[1], 0, 10)...)
 	if err := c.Submit(context.Background(), recs); err != nil {
@@ -877,7 +1070,7 @@ func TestRevokeKeepsOwnedPartitionsOfHeldBatch(t *testing.T) {
 		t.Fatalf("first batch spans %v, want both partitions", first)
 	}
 
-	err := c.Revoke(context.Background(), tps[:1], true)
+	err := w.revoke(c, tps[:1])
 	t.Logf("Revoke: %v", err)
 	out.end()
 	if err := wait(); err != nil {
@@ -922,14 +1115,14 @@ func TestRevokeCancelsWriteInProgress(t *testing.T) {
 	cfg.RevokeTimeout = 50 * time.Millisecond
 	c := newCoord(t, w, cfg)
 	tps := partitions(2)
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, entered, "the write to begin")
 
-	err := c.Revoke(context.Background(), tps[:1], true)
+	err := w.revoke(c, tps[:1])
 	t.Logf("Revoke: %v", err)
 	close(hold)
 	if err := c.Submit(context.Background(), recordsOf(tps[1], 0, 10)); err != nil {
@@ -984,8 +1177,8 @@ func TestCancelledProbeFreesTheBreaker(t *testing.T) {
 	cfg.RevokeTimeout = 50 * time.Millisecond
 	cfg.BreakerThreshold, cfg.BreakerHalfOpenAfter = 1, 10*time.Millisecond
 	c := newCoord(t, w, cfg, WithRetryable(retryTransient))
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
 		t.Fatal(err)
 	}
@@ -994,7 +1187,7 @@ func TestCancelledProbeFreesTheBreaker(t *testing.T) {
 		t.Fatalf("breaker %s during the probe, want half_open", s)
 	}
 
-	err := c.Revoke(context.Background(), tps[:1], true)
+	err := w.revoke(c, tps[:1])
 	t.Logf("Revoke: %v", err)
 	close(hold)
 	if err := c.Submit(context.Background(), recordsOf(tps[1], 0, 10)); err != nil {
@@ -1016,7 +1209,6 @@ func TestStartPastCommittedIsCommitted(t *testing.T) {
 	w := newWorld(t)
 	c := newCoord(t, w, testConfig())
 	tp := record.TopicPartition{Topic: "bars"}
-	c.Assign([]record.TopicPartition{tp})
 	// the WAL knew [40, 70) applied: those offsets landed in a former life
 	w.mu.Lock()
 	w.committed[tp] = 40
@@ -1028,8 +1220,10 @@ func TestStartPastCommittedIsCommitted(t *testing.T) {
 		w.landed[tp][o] = true
 	}
 	w.mu.Unlock()
-	c.SetStart(tp, 70, 40)
-	wait := runCoord(t, c)
+	if starts := assignAt(t, c, w, tp, 40, 70); starts[tp] != 70 {
+		t.Fatalf("starts %v, want %s at 70", starts, tp)
+	}
+	wait := runCoord(t, c, w)
 	var recs []*record.Record
 	for o := int64(70); o < 100; o++ {
 		recs = append(recs, &record.Record{Topic: "bars", Offset: o})
@@ -1060,9 +1254,8 @@ func TestSpansChainAcrossBatches(t *testing.T) {
 	cfg.Workers = 1
 	c := newCoord(t, w, cfg)
 	tp := record.TopicPartition{Topic: "bars"}
-	c.Assign([]record.TopicPartition{tp})
-	c.SetStart(tp, 5, 5)
-	wait := runCoord(t, c)
+	assignAt(t, c, w, tp, 5, 5)
+	wait := runCoord(t, c, w)
 	// a log with gaps (compaction): offsets 5, 7, 8, 12, ...
 	var recs []*record.Record
 	for o := int64(5); o < 1000; o += 1 + o%4 {
@@ -1127,15 +1320,13 @@ func TestRevokeCommitsWhatLandedBeforeCancelling(t *testing.T) {
 	// only Revoke's own commit, after the hand-over, may pass: the
 	// committer's rounds before it must not commit the landed batch
 	w.commitFail = func() error {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if ps := c.parts[tps[0]]; ps != nil && ps.handedOver {
+		if w.inRevoke { // read under commitMu, held by every caller of Commit
 			return nil
 		}
 		return errTransient
 	}
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
 		t.Fatal(err)
 	}
@@ -1144,7 +1335,7 @@ func TestRevokeCommitsWhatLandedBeforeCancelling(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, out.failed, "the second batch's first failed write")
-	err := c.Revoke(context.Background(), tps, true)
+	err := w.revoke(c, tps)
 	t.Logf("Revoke: %v", err)
 	out.end()
 	if err := wait(); err != nil {
@@ -1176,8 +1367,8 @@ func TestFencedBatchIsAbandoned(t *testing.T) {
 	var once sync.Once
 	w.entered = func(*record.Batch) { once.Do(func() { close(entered) }) }
 	c := newCoord(t, w, cfg, WithFenced(func(err error) bool { return errors.Is(err, errFence) }))
-	c.Assign(tps)
-	wait := runCoord(t, c)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
 	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
 		t.Fatal(err)
 	}

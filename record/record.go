@@ -62,3 +62,11 @@ type Span struct {
 func (s Span) String() string {
 	return fmt.Sprintf("%s/%d[%d,%d)", s.Topic, s.Partition, s.From, s.Next)
 }
+
+// Position is where a partition's consumption stands: the offset of the
+// next record to read, and the leader epoch of the last record read (-1
+// when unknown). It is what the connector commits to Kafka.
+type Position struct {
+	Offset      int64
+	LeaderEpoch int32
+}

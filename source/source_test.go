@@ -75,6 +75,9 @@ func (m *memWAL) Append([]record.Span, int) (uint64, error) {
 func (m *memWAL) MarkApplied(uint64) error                          { return nil }
 func (m *memWAL) Discard(uint64) error                              { return nil }
 func (m *memWAL) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
+func (m *memWAL) Recover(_ record.TopicPartition, committed int64) (coordinator.Recovery, error) {
+	return coordinator.Recovery{AppliedThrough: committed}, nil
+}
 
 type noDLQ struct{}
 
@@ -91,19 +94,20 @@ type member struct {
 
 func startMember(t *testing.T, name string, brokers []string, topic, group string, sink *memSink) *member {
 	t.Helper()
-	src, err := New(Config{Brokers: brokers, Group: group, Topics: []string{topic}, MaxPollRecords: 500, PollOnlyRoom: true,
-		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
 	coord, err := coordinator.New(coordinator.Config{
 		Capacity: 2000, HighWatermark: 1600, LowWatermark: 800, Workers: 2, BatchSize: 200,
 		FlushInterval: 5 * time.Millisecond, Overflow: coordinator.OverflowBlock, RevokeTimeout: 5 * time.Second,
-	}, sink.writer(name), &memWAL{}, noDLQ{}, src)
+		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 10 * time.Millisecond, RetryMultiplier: 2,
+		BreakerThreshold: 5, BreakerHalfOpenAfter: time.Second, GaugeInterval: time.Second,
+	}, sink.writer(name), &memWAL{}, noDLQ{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.Bind(coord, coord)
+	src, err := New(Config{Brokers: brokers, Group: group, Topics: []string{topic}, MaxPollRecords: 500, PollOnlyRoom: true,
+		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second, CommitInterval: time.Second}, coord, coord, coord)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &member{src: src, coord: coord, cancel: cancel, done: make(chan struct{})}
 	coordErr := make(chan error, 1)
@@ -118,7 +122,9 @@ func startMember(t *testing.T, name string, brokers []string, topic, group strin
 		if err := coord.Drain(dctx); err != nil {
 			t.Errorf("%s: drain: %v", name, err)
 		}
-		src.Close()
+		if err := src.Close(dctx); err != nil {
+			t.Errorf("%s: close: %v", name, err)
+		}
 		<-coordErr
 	}()
 	return m

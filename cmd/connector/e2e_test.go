@@ -30,6 +30,7 @@ import (
 // the real PostgreSQL, and kill it with SIGKILL where they need to.
 func TestMain(m *testing.M) {
 	if os.Getenv("KTSINK_E2E_MAIN") == "1" {
+		failpoints = crashHooks
 		main()
 		return
 	}
@@ -98,6 +99,8 @@ type topicOpts struct {
 	capacity   int    // default 20000
 	batch      int    // default 2000
 	dlqTopic   string // default none ("-")
+	session    string // kafka.session_timeout, default 6s
+	shutdown   string // shutdown_timeout, default 30s
 }
 
 // writeConfig writes a YAML config for this env and returns its path.
@@ -118,10 +121,16 @@ func (e *env) writeConfig(name string, o topicOpts) string {
 	if o.dlqTopic == "" {
 		o.dlqTopic = "-"
 	}
+	if o.session == "" {
+		o.session = "6s"
+	}
+	if o.shutdown == "" {
+		o.shutdown = "30s"
+	}
 	cfg := fmt.Sprintf(`kafka:
   group: %s
   instance_id: "%s"
-  session_timeout: 6s
+  session_timeout: %s
   rebalance_timeout: 20s
 postgres:
   schema: %s
@@ -137,15 +146,15 @@ dlq:
 metrics:
   addr: "127.0.0.1:0"
   queue_poll: 50ms
-shutdown_timeout: 30s
+shutdown_timeout: %s
 topics:
   - name: %s
     kind: bars
     table: bars
     mode: %s
     append_only: %v
-`, e.group, o.instance, e.schema, o.workers, o.batch, o.capacity, filepath.Join(e.dir, name+".wal"),
-		o.dlqTopic, filepath.Join(e.dir, name+"-dlq.ndjson"), e.topic, o.mode, o.appendOnly)
+`, e.group, o.instance, o.session, e.schema, o.workers, o.batch, o.capacity, filepath.Join(e.dir, name+".wal"),
+		o.dlqTopic, filepath.Join(e.dir, name+"-dlq.ndjson"), o.shutdown, e.topic, o.mode, o.appendOnly)
 	p := filepath.Join(e.dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)

@@ -2,30 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ktsink/connector/config"
-	"github.com/ktsink/connector/coordinator"
-	"github.com/ktsink/connector/dlq"
 	"github.com/ktsink/connector/metrics"
-	"github.com/ktsink/connector/record"
 	"github.com/ktsink/connector/sink"
-	"github.com/ktsink/connector/source"
 	"github.com/ktsink/connector/wal"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -234,167 +224,18 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 // runConnector runs the pipeline until ctx ends, then drains within the
 // shutdown timeout.
 func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m := metrics.New(reg)
-	kopts, err := kafkaOpts(cfg.Kafka)
+	p, err := newPipeline(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	warnKafkaSecurity(cfg.Kafka, log)
-
-	pool, err := newPool(ctx, cfg)
-	if err != nil {
+	defer func() { err = errors.Join(err, p.Close()) }()
+	log.Info("connector running", "brokers", cfg.Kafka.Brokers, "group", cfg.Kafka.Group, "topics", topicNames(cfg),
+		"database", config.RedactURL(cfg.Postgres.URL), "workers", cfg.Coordinator.Workers, "batch_size", cfg.Coordinator.BatchSize)
+	if err := p.Run(ctx); err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := checkKafka(ctx, cfg.Kafka.Brokers, kopts); err != nil {
-		return err
-	}
-	sw, err := newSink(pool, cfg, log, sink.WithTombstones(func(topic, action string, n int) {
-		m.Tombstones.WithLabelValues(topic, action).Add(float64(n))
-	}))
-	if err != nil {
-		return err
-	}
-	if err := migrate(ctx, sw); err != nil {
-		return fmt.Errorf("creating tables: %w", err)
-	}
-
-	wl, err := wal.Open(cfg.WAL.Path, walOpts(cfg, log)...)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, wl.Close()) }()
-
-	var topics []string
-	eo := map[string]bool{}
-	for _, t := range cfg.Topics {
-		topics = append(topics, t.Name)
-		eo[t.Name] = t.Mode == config.ModeExactlyOnce
-	}
-	m.Init(topics)
-	src, err := source.New(source.Config{
-		Brokers: cfg.Kafka.Brokers, Group: cfg.Kafka.Group, ClientID: cfg.Kafka.ClientID, InstanceID: cfg.Kafka.InstanceID, Topics: topics,
-		MaxPollRecords: cfg.Kafka.MaxPollRecords, FetchMaxBytes: cfg.Kafka.FetchMaxBytes,
-		StartFrom: cfg.Kafka.StartFrom, SessionTimeout: time.Duration(cfg.Kafka.SessionTimeout),
-		RebalanceTimeout: time.Duration(cfg.Kafka.RebalanceTimeout),
-		PollOnlyRoom:     cfg.Coordinator.Overflow == config.OverflowBlock,
-		Opts:             append(slices.Clone(kopts), kgo.WithHooks(clientMetrics(reg))),
-	}, source.WithLogger(log), source.WithMetrics(m), source.WithStart(startOffsets(wl, sw, eo, m, log)))
-	if err != nil {
-		return err
-	}
-	srcClosed := false
-	defer func() {
-		if !srcClosed {
-			src.Close()
-		}
-	}()
-
-	dlqTopic, dlqFile := cfg.DLQ.Topic, cfg.DLQ.File
-	if dlqTopic == "-" {
-		dlqTopic = ""
-	}
-	if dlqFile == "-" {
-		dlqFile = ""
-	}
-	var producer *kgo.Client
-	if dlqTopic != "" {
-		producer, err = kgo.NewClient(append(slices.Clone(kopts), kgo.WithHooks(clientMetrics(reg)), kgo.RequiredAcks(kgo.AllISRAcks()),
-			kgo.ClientID(cfg.Kafka.ClientID+"-dlq"), kgo.ProducerLinger(0))...)
-		if err != nil {
-			return fmt.Errorf("creating the dead-letter producer: %w", err)
-		}
-		defer producer.Close()
-		if err := ensureTopic(ctx, producer, dlqTopic, int16(cfg.DLQ.ReplicationFactor)); err != nil {
-			return err
-		}
-	}
-	var dp dlq.Producer
-	if producer != nil {
-		dp = producer
-	}
-	dw, err := dlq.New(dlq.Config{Topic: dlqTopic, File: dlqFile, ProduceTimeout: time.Duration(cfg.DLQ.ProduceTimeout)}, dp)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, dw.Close()) }()
-
-	co := cfg.Coordinator
-	coord, err := coordinator.New(coordinator.Config{
-		Capacity: co.Capacity, HighWatermark: int(float64(co.Capacity) * co.HighWatermark),
-		LowWatermark: int(float64(co.Capacity) * co.LowWatermark), Workers: co.Workers,
-		BatchSize: co.BatchSize, FlushInterval: time.Duration(co.FlushInterval), Overflow: co.Overflow,
-		RevokeTimeout:       time.Duration(co.RevokeTimeout),
-		RetryMaxAttempts:    cfg.Retry.MaxAttempts,
-		RetryInitialBackoff: time.Duration(cfg.Retry.InitialBackoff),
-		RetryMaxBackoff:     time.Duration(cfg.Retry.MaxBackoff), RetryMultiplier: cfg.Retry.Multiplier,
-		RetryJitter:      cfg.Retry.Jitter == nil || *cfg.Retry.Jitter,
-		BreakerThreshold: cfg.Breaker.FailureThreshold, BreakerHalfOpenAfter: time.Duration(cfg.Breaker.HalfOpenAfter),
-		GaugeInterval: time.Duration(cfg.Metrics.QueuePoll),
-	}, sw, wl, dw, src,
-		coordinator.WithLogger(log), coordinator.WithMetrics(m),
-		coordinator.WithRetryable(sink.IsRetryable),
-		coordinator.WithFenced(func(err error) bool { return errors.Is(err, sink.ErrFenced) }),
-		coordinator.WithHooks(crashHooks()))
-	if err != nil {
-		return err
-	}
-	src.Bind(coord, coord)
-
-	if cfg.Metrics.Addr != "-" && cfg.Metrics.Addr != "" {
-		srv, err := serveHTTP(cfg.Metrics.Addr, reg, coord, src, pool, log)
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
-	}
-	go sampleWAL(ctx, wl, m, time.Duration(cfg.Metrics.QueuePoll))
-
-	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer hardCancel()
-	coordErr := make(chan error, 1)
-	go func() { coordErr <- coord.Run(hard) }()
-	srcErr := make(chan error, 1)
-	srcCtx, srcCancel := context.WithCancel(ctx)
-	defer srcCancel()
-	go func() { srcErr <- src.Run(srcCtx) }()
-	log.Info("connector running", "brokers", cfg.Kafka.Brokers, "group", cfg.Kafka.Group, "topics", topics,
-		"database", config.RedactURL(cfg.Postgres.URL), "workers", co.Workers, "batch_size", co.BatchSize)
-
-	var failure error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down: draining the queue", "timeout", cfg.ShutdownTimeout.String())
-	case failure = <-coordErr:
-		coordErr <- failure
-	case failure = <-srcErr:
-		srcErr <- failure
-	}
-	srcCancel()
-	if e := <-srcErr; e != nil && failure == nil {
-		failure = e
-	}
-	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(cfg.ShutdownTimeout))
-	defer cancel()
-	if failure == nil {
-		if e := coord.Drain(shutdown); e != nil {
-			failure = e
-		}
-	}
-	// Leaving the group revokes every partition: the coordinator commits
-	// what landed and forgets them.
-	src.Close()
-	srcClosed = true
-	hardCancel()
-	if e := <-coordErr; e != nil && failure == nil {
-		failure = e
-	}
-	if failure == nil {
-		log.Info("connector stopped cleanly")
-	}
-	return failure
+	log.Info("connector stopped cleanly")
+	return nil
 }
 
 // clientMetrics are franz-go's own metrics of one Kafka client (kprom):
@@ -461,43 +302,6 @@ func walOpts(cfg config.Config, log *slog.Logger) []wal.Option {
 	return opts
 }
 
-// startOffsets decides where assigned partitions start: past the committed
-// offset when the WAL knows later batches applied (a crash came between
-// the database commit and the offset commit), and at the database's offset
-// for exactly_once topics.
-func startOffsets(wl *wal.WAL, sw *sink.Writer, exactlyOnce map[string]bool, m *metrics.Metrics, log *slog.Logger) source.StartFunc {
-	return func(ctx context.Context, committed map[record.TopicPartition]int64) (map[record.TopicPartition]int64, error) {
-		starts := map[record.TopicPartition]int64{}
-		var eoTPs []record.TopicPartition
-		for tp, c := range committed {
-			rec, err := wl.Recover(tp, c)
-			if err != nil {
-				return nil, fmt.Errorf("recovering %s from the WAL: %w", tp, err)
-			}
-			if len(rec.InDoubt) > 0 {
-				m.WALInDoubt.Add(float64(len(rec.InDoubt)))
-				log.Info("WAL: batches in doubt will be read again and re-applied", "partition", tp.String(), "batches", len(rec.InDoubt))
-			}
-			if rec.AppliedThrough > c {
-				starts[tp] = rec.AppliedThrough
-			}
-			if exactlyOnce[tp.Topic] {
-				eoTPs = append(eoTPs, tp)
-			}
-		}
-		if len(eoTPs) > 0 {
-			dbOffs, err := sw.Offsets(ctx, eoTPs)
-			if err != nil {
-				return nil, fmt.Errorf("reading stored offsets: %w", err)
-			}
-			for tp, off := range dbOffs {
-				starts[tp] = off
-			}
-		}
-		return starts, nil
-	}
-}
-
 // ensureTopic creates the dead-letter topic, with one partition and
 // replicationFactor replicas (-1: the brokers' default), unless it exists.
 func ensureTopic(ctx context.Context, cl *kgo.Client, topic string, replicationFactor int16) error {
@@ -514,70 +318,3 @@ func ensureTopic(ctx context.Context, cl *kgo.Client, topic string, replicationF
 	return nil
 }
 
-func sampleWAL(ctx context.Context, wl *wal.WAL, m *metrics.Metrics, every time.Duration) {
-	if every < 100*time.Millisecond {
-		every = 100 * time.Millisecond
-	}
-	t := time.NewTicker(every * 4)
-	defer t.Stop()
-	for {
-		if st, err := wl.Stats(); err == nil {
-			m.WALPending.Set(float64(st.Pending))
-			m.WALFileBytes.Set(float64(st.FileBytes))
-		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-// serveHTTP serves /metrics, /healthz, /readyz and /status.
-func serveHTTP(addr string, reg *prometheus.Registry, coord *coordinator.Coordinator, src *source.Source, pool *pgxpool.Pool, log *slog.Logger) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		var problems []string
-		if _, gen := src.Client().GroupMetadata(); gen < 0 {
-			problems = append(problems, "consumer group not joined")
-		}
-		pctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := pool.Ping(pctx); err != nil {
-			problems = append(problems, "database unreachable: "+err.Error())
-		}
-		if coord.BreakerState() == coordinator.Open {
-			problems = append(problems, "circuit breaker open")
-		}
-		if len(problems) > 0 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			for _, p := range problems {
-				fmt.Fprintln(w, p)
-			}
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(coord.Status())
-	})
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listening for metrics on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "err", err)
-		}
-	}()
-	log.Info("serving metrics and health", "addr", ln.Addr().String())
-	return srv, nil
-}

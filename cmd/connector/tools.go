@@ -7,51 +7,16 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/ktsink/connector/config"
-	"github.com/ktsink/connector/coordinator"
 	"github.com/ktsink/connector/loadgen"
-	"github.com/ktsink/connector/record"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
-
-// crashHooks are failpoints for the crash tests: KTSINK_FAILPOINT=
-// "after_wal_append:N" or "after_apply:N" kills the process with SIGKILL at
-// the Nth batch reaching that point. Unset in production.
-func crashHooks() coordinator.Hooks {
-	spec := os.Getenv("KTSINK_FAILPOINT")
-	if spec == "" {
-		return coordinator.Hooks{}
-	}
-	point, nStr, _ := strings.Cut(spec, ":")
-	n, err := strconv.ParseInt(nStr, 10, 64)
-	if err != nil || n <= 0 {
-		n = 1
-	}
-	var count atomic.Int64
-	kill := func(*record.Batch) {
-		if count.Add(1) == n {
-			fmt.Fprintf(os.Stderr, "failpoint %s reached: killing the process\n", spec)
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {}
-		}
-	}
-	switch point {
-	case "after_wal_append":
-		return coordinator.Hooks{AfterWALAppend: kill}
-	case "after_apply":
-		return coordinator.Hooks{AfterApply: kill}
-	}
-	return coordinator.Hooks{}
-}
 
 func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("connector loadgen", flag.ContinueOnError)

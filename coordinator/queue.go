@@ -1,0 +1,277 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ktsink/connector/record"
+)
+
+// item is a queued record with the time it was queued (batches flush by
+// the age of their oldest record).
+type item struct {
+	rec *record.Record
+	at  time.Time
+}
+
+// lane is one worker's FIFO of queued records. Guarded by Coordinator.mu.
+type lane struct {
+	q    []item
+	head int
+	wake chan struct{} // a token when the worker should look again
+}
+
+func (l *lane) len() int { return len(l.q) - l.head }
+
+func (l *lane) notify() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// oldest returns the time the lane's oldest record was queued.
+func (l *lane) oldest() (time.Time, bool) {
+	if l.len() == 0 {
+		return time.Time{}, false
+	}
+	return l.q[l.head].at, true
+}
+
+// pop takes up to n records from the front, in order, leaving in place
+// those for which hold is true (their partition must wait).
+func (l *lane) pop(n int, hold func(*record.Record) bool) []*record.Record {
+	out := make([]*record.Record, 0, min(n, l.len()))
+	kept := l.head
+	i := l.head
+	for ; i < len(l.q) && len(out) < n; i++ {
+		if hold != nil && hold(l.q[i].rec) {
+			l.q[kept] = l.q[i]
+			kept++
+			continue
+		}
+		out = append(out, l.q[i].rec)
+	}
+	// the held records move up to just before the first record not looked at
+	moved := i - kept
+	if moved > 0 {
+		copy(l.q[l.head+moved:i], l.q[l.head:kept])
+		clear(l.q[l.head : l.head+moved])
+		l.head += moved
+	}
+	l.compact()
+	return out
+}
+
+// popOldest takes the front record.
+func (l *lane) popOldest() *record.Record {
+	r := l.q[l.head].rec
+	l.q[l.head] = item{}
+	l.head++
+	l.compact()
+	return r
+}
+
+func (l *lane) compact() {
+	if l.head == len(l.q) {
+		l.q, l.head = l.q[:0], 0
+	} else if l.head > 4096 && l.head*2 > len(l.q) {
+		k := copy(l.q, l.q[l.head:])
+		clear(l.q[k:])
+		l.q, l.head = l.q[:k], 0
+	}
+}
+
+// remove takes every record of tp out of the lane and returns how many.
+func (l *lane) remove(tp record.TopicPartition) int {
+	kept := l.q[:l.head]
+	removed := 0
+	for _, it := range l.q[l.head:] {
+		if it.rec.TP() == tp {
+			removed++
+			continue
+		}
+		kept = append(kept, it)
+	}
+	clear(l.q[len(kept):])
+	l.q = kept
+	return removed
+}
+
+// queue is the bounded queue: one lane per worker and the depth over all
+// of them, with hysteresis between the watermarks. Guarded by
+// Coordinator.mu.
+type queue struct {
+	capacity, high, low int
+	lanes               []*lane
+	depth               int
+	// paused is true from the moment depth reaches the high watermark
+	// until it falls to the low one: fetching pauses meanwhile.
+	paused bool
+	space  chan struct{} // closed and replaced when the queue shrinks
+	flow   chan struct{} // closed and replaced when paused changes
+}
+
+func newQueue(capacity, high, low, lanes int) queue {
+	q := queue{capacity: capacity, high: high, low: low, space: make(chan struct{}), flow: make(chan struct{})}
+	for range lanes {
+		q.lanes = append(q.lanes, &lane{wake: make(chan struct{}, 1)})
+	}
+	return q
+}
+
+func (q *queue) full() bool { return q.depth >= q.capacity }
+
+// push queues one record on a lane; it reports whether the queue reached
+// its high watermark now.
+func (q *queue) push(l *lane, it item) (pausedNow bool) {
+	l.q = append(l.q, it)
+	q.depth++
+	if !q.paused && q.depth >= q.high {
+		q.paused = true
+		q.signalFlow()
+		return true
+	}
+	return false
+}
+
+// shrunk accounts for n records taken out of the lanes; it reports
+// whether the queue fell to its low watermark now.
+func (q *queue) shrunk(n int) (resumedNow bool) {
+	q.depth -= n
+	q.signalSpace()
+	if q.paused && q.depth <= q.low {
+		q.paused = false
+		q.signalFlow()
+		return true
+	}
+	return false
+}
+
+func (q *queue) signalSpace() {
+	close(q.space)
+	q.space = make(chan struct{})
+}
+
+func (q *queue) signalFlow() {
+	close(q.flow)
+	q.flow = make(chan struct{})
+}
+
+func (q *queue) wakeAll() {
+	for _, l := range q.lanes {
+		l.notify()
+	}
+}
+
+// Room returns how many records fit in the queue now.
+func (c *Coordinator) Room() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.capacity - c.q.depth
+}
+
+// Backpressured reports whether fetching should pause: the queue reached
+// its high watermark and has not yet fallen to its low one, or the breaker
+// is open.
+func (c *Coordinator) Backpressured() bool {
+	c.mu.Lock()
+	paused := c.q.paused
+	c.mu.Unlock()
+	return paused || c.retry.breaker.State() == Open
+}
+
+// WaitFlow blocks until Backpressured is false or ctx ends.
+func (c *Coordinator) WaitFlow(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		paused, ch := c.q.paused, c.q.flow
+		c.mu.Unlock()
+		state := c.retry.breaker.State()
+		if !paused && state != Open {
+			return nil
+		}
+		var timer <-chan time.Time
+		if state == Open {
+			// the breaker turns half-open by time, with nobody to signal it
+			t := time.NewTimer(100 * time.Millisecond)
+			defer t.Stop()
+			timer = t.C
+		}
+		select {
+		case <-ch:
+		case <-c.retry.breaker.Changed():
+		case <-timer:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Submit queues records. Records of partitions not assigned are ignored
+// (they are read again by their owner). When the queue is full, the
+// overflow strategy decides: block waits for room, drop_oldest hands the
+// oldest queued record to the dead letters, error returns ErrQueueFull
+// with the records from the first one that did not fit not queued.
+func (c *Coordinator) Submit(ctx context.Context, recs []*record.Record) error {
+	now := time.Now()
+	for len(recs) > 0 {
+		n, space, err := c.admit(recs, now)
+		if err != nil {
+			return err
+		}
+		recs = recs[n:]
+		if len(recs) == 0 {
+			return nil
+		}
+		switch c.cfg.Overflow {
+		case OverflowError:
+			return fmt.Errorf("%w: capacity %d, %d records from %s not queued", ErrQueueFull, c.cfg.Capacity, len(recs), recs[0])
+		case OverflowDropOldest:
+			if err := c.drops.dropOldest(ctx); err != nil {
+				return err
+			}
+		default:
+			select {
+			case <-space:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
+}
+
+// admit queues records from the front of recs until the queue is full. It
+// returns how many of recs it dealt with (queued, or ignored as not
+// assigned) and, when it stopped at a full queue, the channel closed when
+// the queue shrinks.
+func (c *Coordinator) admit(recs []*record.Record, now time.Time) (int, <-chan struct{}, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.draining {
+		return 0, nil, ErrClosed
+	}
+	woken := make([]bool, len(c.q.lanes))
+	for i, r := range recs {
+		ps := c.parts[r.TP()]
+		if ps == nil || !ps.accepts() {
+			continue
+		}
+		if c.q.full() {
+			return i, c.q.space, nil
+		}
+		ps.tracker.register(r.Offset)
+		l := c.q.lanes[ps.worker]
+		if c.q.push(l, item{rec: r, at: now}) {
+			c.log.Debug("queue at high watermark: pausing fetch", "depth", c.q.depth)
+		}
+		c.m.ItemsSubmitted.Inc()
+		if !woken[ps.worker] && (l.len() >= c.cfg.BatchSize || l.len() == 1) {
+			woken[ps.worker] = true
+			l.notify()
+		}
+	}
+	return len(recs), nil, nil
+}
