@@ -40,9 +40,9 @@ type world struct {
 	reject     func(r *record.Record) bool
 	hold       chan struct{} // when set, Write waits on it
 	dlqFail    func() error
-	entered    func(b *record.Batch) // when set, called as Write begins
-	cancelled  int                   // Writes that ended because their ctx did
-	commitFail func() error          // when set, Commit fails with its error
+	entered    func(b *record.Batch)           // when set, called as Write begins
+	cancelled  int                             // Writes that ended because their ctx did
+	commitFail func() error                    // when set, Commit fails with its error
 	recovered  map[record.TopicPartition]int64 // what the WAL knows applied, by partition
 	commitMu   sync.Mutex                      // one commit at a time, as the source makes them
 	inRevoke   bool                            // under commitMu: the commit is of Revoke's positions

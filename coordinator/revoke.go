@@ -172,4 +172,3 @@ func (c *Coordinator) handOver(parts []*partition) (cancelled int) {
 	}
 	return cancelled
 }
-

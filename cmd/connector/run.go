@@ -317,4 +317,3 @@ func ensureTopic(ctx context.Context, cl *kgo.Client, topic string, replicationF
 	}
 	return nil
 }
-
