@@ -243,7 +243,10 @@ type Breaker struct {
 type WAL struct {
 	// Path of the bbolt file. Default "data/ktsink.wal".
 	Path string `yaml:"path"`
-	// NoSync skips the fsync of each WAL commit. Default false.
+	// NoSync skips the fsync of each WAL commit. Default false. Unsafe: an
+	// OS crash or power loss (not a process crash) can then lose the latest
+	// entries or corrupt the file, which the connector then refuses to
+	// start with, naming it and the reset (move it aside; see the README).
 	NoSync bool `yaml:"no_sync"`
 }
 

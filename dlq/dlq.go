@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -100,9 +99,18 @@ type Writer struct {
 	producer Producer
 	now      func() time.Time
 
-	mu   sync.Mutex
-	f    *os.File
-	size int64
+	// writeFile and syncDir are os.File.Write and syncDir; tests replace
+	// them to inject failures and to count directory syncs.
+	writeFile func(*os.File, []byte) (int, error)
+	syncDir   func(dir string) error
+
+	mu     sync.Mutex
+	f      *os.File // nil after Close, or after a rotation that failed
+	closed bool
+	size   int64 // of f: all whole lines
+	// torn says that a failed append may have left a fragment past size,
+	// which the next append cuts first (see ndjson.go).
+	torn bool
 	// seen remembers the copies a failed Write did make, so that its retry
 	// makes only the others (see memo).
 	seen memo
@@ -180,7 +188,9 @@ func (m *memo) forget(k string) {
 func (m *memo) len() int { return m.order.Len() }
 
 // New opens (creating with mode 0600) the file and returns a Writer.
-// producer may be nil when Topic is empty.
+// producer may be nil when Topic is empty. A torn tail that a crash
+// mid-append left in the file is cut off: that letter was never
+// acknowledged, so its record was not passed and will be written again.
 func New(cfg Config, producer Producer) (*Writer, error) {
 	if cfg.Topic == "" && cfg.File == "" {
 		return nil, ErrNoCopy
@@ -198,7 +208,8 @@ func New(cfg Config, producer Producer) (*Writer, error) {
 		host, _ := os.Hostname()
 		cfg.Instance = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	w := &Writer{cfg: cfg, producer: producer, now: time.Now, seen: memo{limit: rememberLimit}}
+	w := &Writer{cfg: cfg, producer: producer, now: time.Now, seen: memo{limit: rememberLimit},
+		writeFile: (*os.File).Write, syncDir: syncDir}
 	if cfg.File != "" {
 		if err := w.openFile(); err != nil {
 			return nil, err
@@ -207,20 +218,14 @@ func New(cfg Config, producer Producer) (*Writer, error) {
 	return w, nil
 }
 
+// openFile opens the file, cutting a torn tail, and fsyncs its directory
+// (which also makes a rotation's rename durable).
 func (w *Writer) openFile() error {
-	if err := os.MkdirAll(filepath.Dir(w.cfg.File), 0o700); err != nil {
-		return fmt.Errorf("dlq: creating directory for %s: %w", w.cfg.File, err)
-	}
-	f, err := os.OpenFile(w.cfg.File, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, size, err := openNDJSON(w.cfg.File, w.syncDir)
 	if err != nil {
-		return fmt.Errorf("dlq: opening %s: %w", w.cfg.File, err)
+		return err
 	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("dlq: %w", err)
-	}
-	w.f, w.size = f, st.Size()
+	w.f, w.size, w.torn = f, size, false
 	return nil
 }
 
@@ -313,16 +318,29 @@ func (w *Writer) appendFile(letters []Letter) error {
 	if len(buf) == 0 {
 		return nil
 	}
+	if w.closed {
+		return fmt.Errorf("dlq: appending to %s: %w", w.cfg.File, os.ErrClosed)
+	}
+	if w.f == nil { // a rotation failed to open the new file
+		if err := w.openFile(); err != nil {
+			return err
+		}
+	}
+	if w.torn {
+		if err := cut(w.f, w.size); err != nil {
+			return fmt.Errorf("dlq: %s holds a fragment of a failed append: %w", w.cfg.File, err)
+		}
+		w.torn = false
+	}
 	if w.size > 0 && w.size+int64(len(buf)) > w.cfg.MaxFileBytes {
 		if err := w.rotateLocked(); err != nil {
 			return err
 		}
 	}
-	if _, err := w.f.Write(buf); err != nil {
-		return fmt.Errorf("dlq: appending to %s: %w", w.cfg.File, err)
-	}
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("dlq: syncing %s: %w", w.cfg.File, err)
+	torn, err := appendSynced(w.f, w.size, buf, w.writeFile)
+	if err != nil {
+		w.torn = torn
+		return err
 	}
 	w.size += int64(len(buf))
 	if w.cfg.Topic != "" {
@@ -333,11 +351,15 @@ func (w *Writer) appendFile(letters []Letter) error {
 	return nil
 }
 
+// rotateLocked renames the file aside and opens a new one; the directory
+// is fsynced after both (openFile), so neither name is lost to an OS crash.
 func (w *Writer) rotateLocked() error {
 	if err := w.f.Close(); err != nil {
+		w.f = nil
 		return fmt.Errorf("dlq: closing %s: %w", w.cfg.File, err)
 	}
-	old := w.cfg.File + "." + w.now().UTC().Format("20060102T150405.000000000")
+	w.f = nil
+	old := w.cfg.File + "." + w.now().UTC().Format(rotatedLayout)
 	if err := os.Rename(w.cfg.File, old); err != nil {
 		return fmt.Errorf("dlq: rotating %s: %w", w.cfg.File, err)
 	}
@@ -404,6 +426,7 @@ func (w *Writer) produce(ctx context.Context, letters []Letter) error {
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.closed = true
 	if w.f == nil {
 		return nil
 	}
@@ -412,31 +435,14 @@ func (w *Writer) Close() error {
 	return err
 }
 
-// ReadFile reads every letter of an NDJSON dead-letter file.
+// ReadFile reads every letter of one NDJSON dead-letter file (not its
+// rotated siblings: see ReadFiles). Lines that do not parse are skipped, as
+// ReadFiles skips them. A missing file is an error.
 func ReadFile(path string) ([]Letter, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: reading %s: %w", path, err)
 	}
-	var out []Letter
-	line := 0
-	for len(data) > 0 {
-		line++
-		i := 0
-		for i < len(data) && data[i] != '\n' {
-			i++
-		}
-		if i > 0 {
-			var l Letter
-			if err := json.Unmarshal(data[:i], &l); err != nil {
-				return out, fmt.Errorf("dlq: %s line %d: %w", path, line, err)
-			}
-			out = append(out, l)
-		}
-		if i < len(data) {
-			i++
-		}
-		data = data[i:]
-	}
+	out, _ := parseLines[Letter](path, data)
 	return out, nil
 }

@@ -1,10 +1,8 @@
 package dlq
 
 import (
-	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -78,53 +76,37 @@ func globEscape(s string) string {
 }
 
 // ReadFiles reads every letter of the dead-letter file at path and of its
-// rotated siblings, oldest file first, in file order. A last line without
-// its newline that does not parse is the trace of a crash mid-append (the
-// letter was not acknowledged, so its record was not passed): it is
-// skipped. Any other unreadable line is an error naming file and line. No
-// file at all is no letters.
+// rotated siblings, oldest file first, in file order, skipping the lines
+// that do not parse (see ReadFilesTorn, which also reports them). No file
+// at all is no letters.
 func ReadFiles(path string) ([]Letter, error) {
-	files, err := Files(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []Letter
-	for _, f := range files {
-		ls, err := readLines[Letter](f)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ls...)
-	}
-	return out, nil
+	letters, _, err := ReadFilesTorn(path)
+	return letters, err
 }
 
-// readLines decodes an NDJSON file; a missing file is empty.
-func readLines[T any](path string) ([]T, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
+// ReadFilesTorn reads like ReadFiles and also returns the lines it skipped
+// because they do not parse, wherever they are in a file. Such a line is
+// normally the trace of a crash mid-append (the letter was not
+// acknowledged, so its record was not passed, and a Writer opening the
+// file cuts it); a letter glued to such a fragment by an older version is
+// read, and only the fragment skipped. Only a file that cannot be read is
+// an error.
+func ReadFilesTorn(path string) ([]Letter, []TornLine, error) {
+	files, err := Files(path)
 	if err != nil {
-		return nil, fmt.Errorf("dlq: reading %s: %w", path, err)
+		return nil, nil, err
 	}
-	var out []T
-	for line := 1; len(data) > 0; line++ {
-		text, rest, complete := bytes.Cut(data, []byte{'\n'})
-		data = rest
-		if len(bytes.TrimSpace(text)) == 0 {
-			continue
+	var out []Letter
+	var torn []TornLine
+	for _, f := range files {
+		ls, tl, err := readLines[Letter](f)
+		if err != nil {
+			return nil, nil, err
 		}
-		var v T
-		if err := json.Unmarshal(text, &v); err != nil {
-			if !complete {
-				break // torn last line
-			}
-			return out, fmt.Errorf("dlq: %s line %d: %w", path, line, err)
-		}
-		out = append(out, v)
+		out = append(out, ls...)
+		torn = append(torn, tl...)
 	}
-	return out, nil
+	return out, torn, nil
 }
 
 // ReadTopic reads every letter of the dead-letter topic, from the start of

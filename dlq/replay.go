@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -128,8 +127,13 @@ func (e *LogEntry) ID() ID { return ID{Topic: e.Topic, Partition: e.Partition, O
 // LogPath is where the replay log of the dead-letter file at file lives.
 func LogPath(file string) string { return file + ".replayed" }
 
-// ReadLog reads a replay log; a missing one is empty.
-func ReadLog(path string) ([]LogEntry, error) { return readLines[LogEntry](path) }
+// ReadLog reads a replay log; a missing one is empty. Lines that do not
+// parse (a crash mid-append) are skipped: the letter they were about
+// counts as not replayed then, and may be replayed again.
+func ReadLog(path string) ([]LogEntry, error) {
+	entries, _, err := readLines[LogEntry](path)
+	return entries, err
+}
 
 // Latest returns the last entry of each letter, and the last successful
 // one (the letter was replayed at least once).
@@ -145,23 +149,24 @@ func Latest(entries []LogEntry) (last, lastReplayed map[ID]LogEntry) {
 }
 
 // AppendFile appends NDJSON lines to files it creates with mode 0600,
-// fsyncing each append. Safe for concurrent use; Close it.
+// fsyncing each append, and keeps them whole lines the way the dead-letter
+// file is kept (see ndjson.go). Safe for concurrent use; Close it.
 type AppendFile struct {
 	mu   sync.Mutex
 	path string
 	f    *os.File
+	size int64
+	torn bool
 }
 
-// OpenAppend opens (creating it and its directory) the file at path.
+// OpenAppend opens (creating it and its directory, fsyncing the directory)
+// the file at path, cutting a torn tail a crash mid-append left.
 func OpenAppend(path string) (*AppendFile, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("dlq: creating directory for %s: %w", path, err)
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, size, err := openNDJSON(path, syncDir)
 	if err != nil {
-		return nil, fmt.Errorf("dlq: opening %s: %w", path, err)
+		return nil, err
 	}
-	return &AppendFile{path: path, f: f}, nil
+	return &AppendFile{path: path, f: f, size: size}, nil
 }
 
 // Path is the file's path.
@@ -182,12 +187,18 @@ func (a *AppendFile) Append(values ...any) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, err := a.f.Write(buf); err != nil {
-		return fmt.Errorf("dlq: appending to %s: %w", a.path, err)
+	if a.torn {
+		if err := cut(a.f, a.size); err != nil {
+			return fmt.Errorf("dlq: %s holds a fragment of a failed append: %w", a.path, err)
+		}
+		a.torn = false
 	}
-	if err := a.f.Sync(); err != nil {
-		return fmt.Errorf("dlq: syncing %s: %w", a.path, err)
+	torn, err := appendSynced(a.f, a.size, buf, (*os.File).Write)
+	if err != nil {
+		a.torn = torn
+		return err
 	}
+	a.size += int64(len(buf))
 	return nil
 }
 

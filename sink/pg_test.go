@@ -13,24 +13,26 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/ktsink/connector/internal/testenv"
 	"github.com/ktsink/connector/record"
 )
 
 // testPostgres returns DATABASE_URL. Unset, the test is skipped, unless
-// KTSINK_INTEGRATION=1 says it must run.
+// the environment says it must run (testenv.Required).
 func testPostgres(t testing.TB) string {
 	t.Helper()
 	return testDatabase(t, "DATABASE_URL", "PostgreSQL")
 }
 
 // testDatabase returns the URL in the environment variable name; unset,
-// the test is skipped, unless KTSINK_INTEGRATION=1 says it must run.
+// the test is skipped, unless the environment says it must run
+// (testenv.Required).
 func testDatabase(t testing.TB, name, what string) string {
 	t.Helper()
 	url := os.Getenv(name)
 	if url == "" {
-		if os.Getenv("KTSINK_INTEGRATION") == "1" {
-			t.Fatalf("%s is not set but KTSINK_INTEGRATION=1 requires %s", name, what)
+		if testenv.Required() {
+			t.Fatalf("%s is not set but KTSINK_INTEGRATION requires %s", name, what)
 		}
 		t.Skipf("%s not set: skipping %s integration test", name, what)
 	}

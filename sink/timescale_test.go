@@ -13,7 +13,7 @@ import (
 
 // testTimescale returns TIMESCALE_URL, a database with the timescaledb
 // extension (make test starts one: scripts/timescale.sh). Unset, the test
-// is skipped, unless KTSINK_INTEGRATION=1 says it must run.
+// is skipped, unless the environment says it must run (testenv.Required).
 func testTimescale(t testing.TB) string {
 	t.Helper()
 	return testDatabase(t, "TIMESCALE_URL", "TimescaleDB (scripts/timescale.sh up)")

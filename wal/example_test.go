@@ -1,6 +1,7 @@
 package wal_test
 
 import (
+	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -92,4 +93,35 @@ func ExampleInspect() {
 	// bars/0     500                   1
 	// bars/1     420                   0
 	// news/0     -                     1
+}
+
+func ExampleOpen_corrupt() {
+	dir, err := os.MkdirTemp("", "wal-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "wal.db")
+	// what an OS crash under WithNoSync, or a bad disk, can leave
+	if err := os.WriteFile(path, []byte("not what bbolt wrote"), 0o600); err != nil {
+		log.Fatal(err)
+	}
+
+	_, err = wal.Open(path)
+	fmt.Println("corrupt:", errors.Is(err, wal.ErrCorrupt))
+	// The error names the file and the reset: move it aside, start again.
+	if err := os.Rename(path, path+".corrupt"); err != nil {
+		log.Fatal(err)
+	}
+	w, err := wal.Open(path)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+	// Nothing known: each partition starts at its committed offset.
+	rec, _ := w.Recover(record.TopicPartition{Topic: "bars", Partition: 0}, 100)
+	fmt.Println("commit offset", rec.AppliedThrough, "in doubt", len(rec.InDoubt))
+	// Output:
+	// corrupt: true
+	// commit offset 100 in doubt 0
 }

@@ -20,26 +20,29 @@ import (
 // highest Next among its applied spans and the number of its pending
 // entries. It opens the file read-only and changes nothing; it waits at
 // most LockTimeout for a running connector to release the file, then fails
-// with ErrLocked. It backs `connector wal inspect`.
+// with ErrLocked. A file it cannot read fails with ErrCorrupt, as in Open.
+// It backs `connector wal inspect`.
 func Inspect(path string, out io.Writer) error {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: LockTimeout})
+	db, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: LockTimeout})
 	if err != nil {
 		return openError("inspecting", path, err)
 	}
 	var entries []Entry
-	err = db.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		if meta == nil {
-			return fmt.Errorf("%w: missing meta bucket (not a wal file?)", ErrCorrupt)
-		}
-		if v := meta.Get(keyVersion); len(v) != 1 || v[0] != formatVersion {
-			return fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
-		}
-		entries, err = readEntries(tx)
-		return err
+	err = safely(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bucketMeta)
+			if meta == nil {
+				return fmt.Errorf("%w: missing meta bucket (not a wal file?)", ErrCorrupt)
+			}
+			if v := meta.Get(keyVersion); len(v) != 1 || v[0] != formatVersion {
+				return fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
+			}
+			entries, err = readEntries(tx)
+			return err
+		})
 	})
 	if err != nil {
-		return errors.Join(fmt.Errorf("inspecting wal %s: %w", path, err), db.Close())
+		return errors.Join(openError("inspecting", path, err), db.Close())
 	}
 	if err := db.Close(); err != nil {
 		return fmt.Errorf("inspecting wal %s: %w", path, err)

@@ -30,13 +30,31 @@
 //
 // [WithNoSync] skips the fsync. The WAL still survives a process crash
 // (SIGKILL, panic, OOM kill), because committed pages are in the kernel's
-// page cache; an OS crash or power loss can lose the most recent entries or
-// their applied marks. That never loses data: Kafka offsets are committed
-// only after a batch is applied, and re-applying a batch is idempotent, so
-// after such a crash the connector re-reads from the committed offset and
-// writes again what it may already have written. What is lost is the
-// in-doubt knowledge: the WAL can no longer say which batches were in flight,
-// nor advance past the committed offset, so recovery re-applies more.
+// page cache. An OS crash or power loss can lose the most recent entries or
+// their applied marks, and, since the kernel may then have written some
+// pages of a commit and not others, it can also leave the file corrupt:
+// bbolt documents NoSync as unsafe for that reason. Losing entries never
+// loses data: Kafka offsets are committed only after a batch is applied,
+// and re-applying a batch is idempotent, so after such a crash the
+// connector re-reads from the committed offset and writes again what it
+// may already have written. What is lost is the in-doubt knowledge: the
+// WAL can no longer say which batches were in flight, nor advance past the
+// committed offset, so recovery re-applies more.
+//
+// # A corrupt file
+//
+// Open refuses a file it cannot read whole ([ErrCorrupt]: its meta pages
+// invalid, a page out of place or beyond the end of the file, an entry or
+// index key that does not decode), with a message naming the file and how
+// to reset it; bbolt's panics and memory faults on such a file are
+// recovered into that error rather than crashing the process. The reset is
+// to move the file aside: the WAL holds no records, only which batches
+// landed, so a connector started without it begins each partition at its
+// committed offset in Kafka (an exactly_once topic: at the offset stored
+// with its rows) and reads and applies again everything after it, the
+// batches that were in doubt included, as after a crash under WithNoSync.
+// The price is that re-application (and, for a table in insert mode,
+// duplicate rows for the batches that had landed but were not committed).
 //
 // # Storage
 //
@@ -63,12 +81,15 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -110,7 +131,10 @@ var (
 	ErrInvalidBatch = errors.New("invalid batch")
 
 	// ErrCorrupt is returned when a stored entry or index key cannot be
-	// decoded, the index and the entries disagree, or a bucket is missing.
+	// decoded, the index and the entries disagree, or a bucket is missing;
+	// and by Open and Inspect when bbolt cannot read the file as a
+	// database (or panics reading it). Open's error then names the file and
+	// how to reset it (see the package documentation).
 	ErrCorrupt = errors.New("corrupt")
 
 	// ErrUnsupportedFormat is returned by Open and Inspect when the file was
@@ -210,8 +234,10 @@ type options struct {
 type Option func(*options)
 
 // WithNoSync skips the fsync after each commit. Faster; an OS crash or
-// power loss (not a process crash) can then lose the latest entries. See
-// the package documentation for why that is safe for the data.
+// power loss (not a process crash) can then lose the latest entries, or
+// leave the file corrupt, which Open then refuses with ErrCorrupt. See the
+// package documentation for why both are safe for the data, and what
+// resetting the file costs.
 func WithNoSync() Option { return func(o *options) { o.noSync = true } }
 
 // WithClock sets the clock used for Created and Applied times. The default
@@ -248,7 +274,10 @@ type WAL struct {
 
 // Open opens the WAL at path, creating it (file mode 0600, missing parent
 // directories 0700) if it does not exist. It waits at most LockTimeout for
-// the file lock and then fails with ErrLocked.
+// the file lock and then fails with ErrLocked. It reads every page of an
+// existing file before writing to it, and refuses a file it cannot read
+// whole with ErrCorrupt, in an error that names the file and how to reset
+// it (see the package documentation); it never panics on one.
 func Open(path string, opts ...Option) (*WAL, error) {
 	o := options{now: time.Now, logger: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
@@ -260,7 +289,10 @@ func Open(path string, opts ...Option) (*WAL, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("opening wal %s: creating directory: %w", path, err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	if err := checkFile(path); err != nil {
+		return nil, err
+	}
+	db, err := openBolt(path, &bolt.Options{
 		Timeout:        LockTimeout,
 		NoSync:         o.noSync,
 		NoFreelistSync: true,
@@ -278,40 +310,167 @@ func Open(path string, opts ...Option) (*WAL, error) {
 		marks:     map[record.TopicPartition]int64{},
 	}
 	var st Stats
-	err = db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
+	err = safely(func() error {
+		return db.Update(func(tx *bolt.Tx) error {
+			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+			if err != nil {
+				return err
+			}
+			if v := meta.Get(keyVersion); v == nil {
+				if err := meta.Put(keyVersion, []byte{formatVersion}); err != nil {
+					return err
+				}
+			} else if len(v) != 1 || v[0] != formatVersion {
+				return fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
+			}
+			for _, name := range [][]byte{bucketEntries, bucketIndex} {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return err
+				}
+			}
+			st, err = countEntries(tx)
 			return err
-		}
-		if v := meta.Get(keyVersion); v == nil {
-			if err := meta.Put(keyVersion, []byte{formatVersion}); err != nil {
-				return err
-			}
-		} else if len(v) != 1 || v[0] != formatVersion {
-			return fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
-		}
-		for _, name := range [][]byte{bucketEntries, bucketIndex} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		st, err = countEntries(tx)
-		return err
+		})
 	})
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("opening wal %s: %w", path, err), db.Close())
+		return nil, errors.Join(openError("opening", path, err), db.Close())
 	}
 	w.log.Debug("wal opened", "path", path, "fsync", !o.noSync,
 		"pending", st.Pending, "applied", st.Applied)
 	return w, nil
 }
 
+// openError wraps an error of opening or reading the file at path: the
+// lock timeout becomes ErrLocked, a sign of a damaged file ErrCorrupt (see
+// isCorrupt), with the remedy.
 func openError(doing, path string, err error) error {
-	if errors.Is(err, berrors.ErrTimeout) {
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
 		return fmt.Errorf("%s wal %s: %w (waited %s for the file lock; is another connector using this path?)",
 			doing, path, ErrLocked, LockTimeout)
+	case errors.Is(err, ErrCorrupt):
+		return fmt.Errorf("%s wal %s: %w; %s", doing, path, err, resetHint(path))
+	case isCorrupt(err):
+		return fmt.Errorf("%s wal %s: %w: %w; %s", doing, path, ErrCorrupt, err, resetHint(path))
 	}
 	return fmt.Errorf("%s wal %s: %w", doing, path, err)
+}
+
+// resetHint says how to get past a corrupt file at path, and what it costs
+// (see the package documentation).
+func resetHint(path string) string {
+	return fmt.Sprintf("the WAL holds no records, only which batches landed: to reset it, stop the connector, "+
+		"move the file aside (mv %s %s.corrupt) and start again; every partition then starts at its committed offset "+
+		"in Kafka (exactly_once topics: at the offset stored with the rows) and what follows it is read and applied "+
+		"again, the batches in doubt included", path, path)
+}
+
+// isCorrupt says whether err, from opening or reading the file with bbolt,
+// is about what the file holds rather than about reaching it: bbolt's
+// sentinels for unreadable meta pages, a panic or memory fault of bbolt's
+// (recovered by safely), and any other error of bbolt's that is not the
+// lock timeout nor an operating-system error (a file too small to hold its
+// meta pages is such an error, with no sentinel). The unknown leans to
+// corrupt: the remedy, moving the file aside, never loses data, while
+// starting on a file that cannot be read whole could.
+func isCorrupt(err error) bool {
+	var pathErr *fs.PathError
+	var errno syscall.Errno
+	var panicked *panicError
+	switch {
+	case errors.Is(err, ErrCorrupt), errors.As(err, &panicked),
+		errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return true
+	case errors.Is(err, berrors.ErrTimeout), errors.Is(err, ErrUnsupportedFormat), errors.Is(err, ErrClosed),
+		errors.As(err, &pathErr), errors.As(err, &errno):
+		return false
+	}
+	return true
+}
+
+// checkFile reads every page of the existing WAL file at path that bbolt
+// reaches from its root, read-only, with panics and memory faults
+// recovered, before Open lets bbolt open it for writing: with
+// NoFreelistSync, bbolt's Open walks those pages to rebuild the free list,
+// in a goroutine of its own where a panic or a fault on a damaged page
+// would crash the process. A missing or empty file is a new one.
+func checkFile(path string) error {
+	if st, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) || err == nil && st.Size() == 0 {
+		return nil
+	}
+	db, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: LockTimeout})
+	if err != nil {
+		return openError("opening", path, err)
+	}
+	err = safely(func() error { return db.View(readPages) })
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return openError("opening", path, err)
+	}
+	return nil
+}
+
+// readPages visits every page of every bucket, nested ones included.
+func readPages(tx *bolt.Tx) error {
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return readBucket(b) })
+}
+
+func readBucket(b *bolt.Bucket) error {
+	_ = b.Stats() // visits each page of b and of the buckets in it
+	return b.ForEach(func(k, v []byte) error {
+		if v == nil {
+			if sub := b.Bucket(k); sub != nil {
+				return readBucket(sub)
+			}
+		}
+		return nil
+	})
+}
+
+// openBolt is bolt.Open with its panics recovered (see safely). A panic
+// leaves bbolt's DB unreturned: openBolt closes the file it opened, which
+// releases the lock; the memory mapping stays until the process exits.
+func openBolt(path string, opts *bolt.Options) (*bolt.DB, error) {
+	var f *os.File
+	o := *opts
+	o.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		var err error
+		f, err = os.OpenFile(name, flag, perm)
+		return f, err
+	}
+	var db *bolt.DB
+	err := safely(func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, &o)
+		return err
+	})
+	var panicked *panicError
+	if errors.As(err, &panicked) && f != nil {
+		f.Close()
+	}
+	return db, err
+}
+
+// panicError is a panic of bbolt's, recovered by safely: bbolt panics on
+// some damaged pages instead of returning an error.
+type panicError struct{ v any }
+
+func (e *panicError) Error() string { return fmt.Sprintf("bbolt panicked: %v", e.v) }
+
+// safely runs fn, which reads the file through bbolt, and returns a panic
+// of fn's as a *panicError. A memory fault reading the mapped file (a page
+// beyond the end of a truncated file) panics too, instead of crashing the
+// process: debug.SetPanicOnFault for the calling goroutine while fn runs.
+func safely(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = &panicError{v: r}
+		}
+	}()
+	return fn()
 }
 
 // Path returns the file's path.

@@ -93,6 +93,7 @@ type selection struct {
 	letters  []dlq.Letter
 	filtered int
 	last     map[dlq.ID]dlq.LogEntry // the replay log's last entry per letter
+	torn     []dlq.TornLine          // lines of the file skipped as unreadable
 }
 
 // read reads, dedupes and filters the letters and reads the replay log.
@@ -123,7 +124,7 @@ func (f *dlqFlags) read(ctx context.Context, cfg config.Config) (*selection, err
 			return nil, &usageError{errors.New("-file: no dead-letter file (dlq.file is turned off; name one with -file or use -from-topic)")}
 		}
 		s.from = "file " + f.file
-		all, err = dlq.ReadFiles(f.file)
+		all, s.torn, err = dlq.ReadFilesTorn(f.file)
 	}
 	if err != nil {
 		return nil, err
@@ -192,6 +193,12 @@ func cmdDLQList(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	fmt.Fprintf(stdout, "%d dead letters (%s), %d replayed, %d filtered out\n", len(s.letters), s.from, replayed, s.filtered)
+	if len(s.torn) > 0 {
+		fmt.Fprintf(stderr, "warning: %d torn lines skipped (a crash mid-append leaves one; the letters around them are listed):\n", len(s.torn))
+		for _, t := range s.torn {
+			fmt.Fprintf(stderr, "  %s\n", t)
+		}
+	}
 	return nil
 }
 

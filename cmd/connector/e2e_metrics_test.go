@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ktsink/connector/internal/testenv"
 	"github.com/ktsink/connector/loadgen"
 	"github.com/ktsink/connector/metrics"
 )
@@ -22,7 +23,7 @@ func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("KTSINK_INTEGRATION") == "1" {
+		if testenv.Required() {
 			t.Fatalf("%s not found: scripts/prometheus.sh ensure installs it", name)
 		}
 		t.Skipf("%s not installed (make test installs it)", name)
