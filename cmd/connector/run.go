@@ -33,15 +33,17 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 )
 
-// loadConfig parses flags and builds the effective configuration.
-func loadConfig(name string, args []string, stderr io.Writer) (config.Config, *flag.FlagSet, error) {
+// loadConfig parses flags and builds the effective configuration: every
+// setting valid (config.Strict), or for offline commands only readable
+// (config.Loose).
+func loadConfig(name string, args []string, stderr io.Writer, strict config.Strictness) (config.Config, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("connector "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	flags := config.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return config.Config{}, fs, &usageError{err}
 	}
-	cfg, err := config.Load(flags, os.LookupEnv)
+	cfg, err := config.Read(flags, os.LookupEnv, strict)
 	if err != nil {
 		return cfg, fs, &usageError{fmt.Errorf("invalid configuration:\n%w", err)}
 	}
@@ -59,7 +61,7 @@ func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
 }
 
 func cmdConfigCheck(args []string, stdout, stderr io.Writer) error {
-	cfg, _, err := loadConfig("config check", args, stderr)
+	cfg, _, err := loadConfig("config check", args, stderr, config.Strict)
 	if err != nil {
 		return err
 	}
@@ -70,28 +72,15 @@ func cmdConfigCheck(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdWALInspect(args []string, stdout, stderr io.Writer) error {
-	cfg, _, err := loadConfigLoose("wal inspect", args, stderr)
+	cfg, _, err := loadConfig("wal inspect", args, stderr, config.Loose)
 	if err != nil {
 		return err
 	}
 	return wal.Inspect(cfg.WAL.Path, stdout)
 }
 
-// loadConfigLoose is loadConfig for offline commands: only the settings
-// they use must be valid.
-func loadConfigLoose(name string, args []string, stderr io.Writer) (config.Config, *flag.FlagSet, error) {
-	fs := flag.NewFlagSet("connector "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	flags := config.RegisterFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return config.Config{}, fs, &usageError{err}
-	}
-	cfg, _ := config.Load(flags, os.LookupEnv)
-	return cfg, fs, nil
-}
-
 func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, _, err := loadConfig("migrate", args, stderr)
+	cfg, _, err := loadConfig("migrate", args, stderr, config.Strict)
 	if err != nil {
 		return err
 	}
@@ -158,7 +147,7 @@ func tablesFor(cfg config.Config) (map[string]sink.Table, error) {
 		case "":
 			fields := make([]sink.Field, len(t.Columns))
 			for j, c := range t.Columns {
-				fields[j] = sink.Field{Column: c.Name, Type: c.Type, Path: c.Path, TimeFormat: c.TimeFormat, Required: c.Required}
+				fields[j] = sink.Field{Column: c.Name, Type: c.Type, Path: c.Path, TimeFormat: string(c.TimeFormat), Required: c.Required}
 			}
 			var err error
 			tab, err = sink.Mapped(cfg.Postgres.Schema, t.Table, sink.Mapping{
@@ -223,7 +212,7 @@ func migrate(ctx context.Context, w *sink.Writer) error {
 }
 
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, _, err := loadConfig("run", args, stderr)
+	cfg, _, err := loadConfig("run", args, stderr, config.Strict)
 	if err != nil {
 		return err
 	}
@@ -277,7 +266,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 	src, err := source.New(source.Config{
 		Brokers: cfg.Kafka.Brokers, Group: cfg.Kafka.Group, ClientID: cfg.Kafka.ClientID, InstanceID: cfg.Kafka.InstanceID, Topics: topics,
 		MaxPollRecords: cfg.Kafka.MaxPollRecords, FetchMaxBytes: cfg.Kafka.FetchMaxBytes,
-		StartFrom: cfg.Kafka.StartFrom, SessionTimeout: time.Duration(cfg.Kafka.SessionTimeout),
+		StartFrom: string(cfg.Kafka.StartFrom), SessionTimeout: time.Duration(cfg.Kafka.SessionTimeout),
 		RebalanceTimeout: time.Duration(cfg.Kafka.RebalanceTimeout),
 		PollOnlyRoom:     cfg.Coordinator.Overflow == config.OverflowBlock,
 		Opts:             append(slices.Clone(kopts), kgo.WithHooks(clientMetrics(reg))),
@@ -325,7 +314,7 @@ func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err
 	coord, err := coordinator.New(coordinator.Config{
 		Capacity: co.Capacity, HighWatermark: int(float64(co.Capacity) * co.HighWatermark),
 		LowWatermark: int(float64(co.Capacity) * co.LowWatermark), Workers: co.Workers,
-		BatchSize: co.BatchSize, FlushInterval: time.Duration(co.FlushInterval), Overflow: co.Overflow,
+		BatchSize: co.BatchSize, FlushInterval: time.Duration(co.FlushInterval), Overflow: string(co.Overflow),
 		RevokeTimeout:       time.Duration(co.RevokeTimeout),
 		RetryMaxAttempts:    cfg.Retry.MaxAttempts,
 		RetryInitialBackoff: time.Duration(cfg.Retry.InitialBackoff),
