@@ -31,6 +31,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/metrics"
 	"github.com/ktsink/connector/record"
 	"golang.org/x/sync/errgroup"
@@ -83,13 +84,6 @@ type DeadLetters interface {
 	Forget(recs []*record.Record)
 }
 
-// Overflow strategies.
-const (
-	OverflowBlock      = "block"
-	OverflowDropOldest = "drop_oldest"
-	OverflowError      = "error"
-)
-
 // Config sizes the coordinator. See package config for the meaning and
 // defaults of each field; New refuses zero values instead of defaulting.
 type Config struct {
@@ -99,7 +93,7 @@ type Config struct {
 	Workers       int
 	BatchSize     int
 	FlushInterval time.Duration
-	Overflow      string
+	Overflow      config.Overflow
 	RevokeTimeout time.Duration
 
 	RetryMaxAttempts    int
@@ -242,7 +236,7 @@ func (cfg Config) validate() error {
 		errs = append(errs, fmt.Errorf("need 0 < low watermark %d < high watermark %d <= capacity %d", cfg.LowWatermark, cfg.HighWatermark, cfg.Capacity))
 	}
 	switch cfg.Overflow {
-	case OverflowBlock, OverflowDropOldest, OverflowError:
+	case config.OverflowBlock, config.OverflowDropOldest, config.OverflowError:
 	default:
 		errs = append(errs, fmt.Errorf("unknown overflow strategy %q", cfg.Overflow))
 	}

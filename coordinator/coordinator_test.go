@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/record"
 )
 
@@ -344,7 +345,7 @@ func (w *world) check() {
 func testConfig() Config {
 	return Config{
 		Capacity: 1000, HighWatermark: 800, LowWatermark: 500, Workers: 4, BatchSize: 100,
-		FlushInterval: 5 * time.Millisecond, Overflow: OverflowBlock, RevokeTimeout: 5 * time.Second,
+		FlushInterval: 5 * time.Millisecond, Overflow: config.OverflowBlock, RevokeTimeout: 5 * time.Second,
 		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 5 * time.Millisecond,
 		RetryMultiplier: 2, RetryJitter: true, BreakerThreshold: 3, BreakerHalfOpenAfter: 50 * time.Millisecond,
 		GaugeInterval: 250 * time.Millisecond,
@@ -443,7 +444,7 @@ func TestLandsEverythingInOrderAndCommitsTheEnd(t *testing.T) {
 		workers  int
 		parts    int
 		perPart  int
-		overflow string
+		overflow config.Overflow
 	}{
 		{name: "one worker", workers: 1, parts: 3, perPart: 2000},
 		{name: "four workers eight partitions", workers: 4, parts: 8, perPart: 3000},
@@ -541,7 +542,7 @@ func TestDropOldestDeadLettersAndNeverLoses(t *testing.T) {
 	w := newWorld(t)
 	w.writeDelay = 2 * time.Millisecond
 	cfg := testConfig()
-	cfg.Overflow = OverflowDropOldest
+	cfg.Overflow = config.OverflowDropOldest
 	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark = 300, 250, 100
 	c := newCoord(t, w, cfg)
 	tps := partitions(3)
@@ -600,7 +601,7 @@ func TestDroppedRecordNeverCoveredBeforeDurable(t *testing.T) {
 	cfg := testConfig()
 	cfg.Workers = 1
 	cfg.BatchSize = 20
-	cfg.Overflow = OverflowDropOldest
+	cfg.Overflow = config.OverflowDropOldest
 	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark = 50, 40, 20
 	c := newCoord(t, w, cfg)
 	tps := partitions(1)
@@ -654,7 +655,7 @@ func TestErrorOverflowRefuses(t *testing.T) {
 	w.hold = make(chan struct{})
 	defer close(w.hold)
 	cfg := testConfig()
-	cfg.Overflow = OverflowError
+	cfg.Overflow = config.OverflowError
 	cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark, cfg.BatchSize = 10, 8, 4, 5
 	c := newCoord(t, w, cfg)
 	tps := partitions(1)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/record"
 )
 
@@ -226,9 +227,9 @@ func (c *Coordinator) Submit(ctx context.Context, recs []*record.Record) error {
 			return nil
 		}
 		switch c.cfg.Overflow {
-		case OverflowError:
+		case config.OverflowError:
 			return fmt.Errorf("%w: capacity %d, %d records from %s not queued", ErrQueueFull, c.cfg.Capacity, len(recs), recs[0])
-		case OverflowDropOldest:
+		case config.OverflowDropOldest:
 			if err := c.drops.dropOldest(ctx); err != nil {
 				return err
 			}

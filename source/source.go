@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/metrics"
 	"github.com/ktsink/connector/record"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -62,7 +63,7 @@ type Config struct {
 	Topics           []string
 	MaxPollRecords   int
 	FetchMaxBytes    int32
-	StartFrom        string // earliest or latest
+	StartFrom        config.StartFrom
 	SessionTimeout   time.Duration
 	RebalanceTimeout time.Duration
 	// CommitInterval is how often committable positions are committed
@@ -149,7 +150,7 @@ func New(cfg Config, q Queue, parts Partitions, pos Positions, opts ...Option) (
 func (s *Source) clientOpts() []kgo.Opt {
 	cfg := s.cfg
 	reset := kgo.NewOffset().AtStart()
-	if cfg.StartFrom == "latest" {
+	if cfg.StartFrom == config.StartLatest {
 		reset = kgo.NewOffset().AtEnd()
 	}
 	kopts := []kgo.Opt{

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/coordinator"
 	"github.com/ktsink/connector/record"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -96,7 +97,7 @@ func startMember(t *testing.T, name string, brokers []string, topic, group strin
 	t.Helper()
 	coord, err := coordinator.New(coordinator.Config{
 		Capacity: 2000, HighWatermark: 1600, LowWatermark: 800, Workers: 2, BatchSize: 200,
-		FlushInterval: 5 * time.Millisecond, Overflow: coordinator.OverflowBlock, RevokeTimeout: 5 * time.Second,
+		FlushInterval: 5 * time.Millisecond, Overflow: config.OverflowBlock, RevokeTimeout: 5 * time.Second,
 		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 10 * time.Millisecond, RetryMultiplier: 2,
 		BreakerThreshold: 5, BreakerHalfOpenAfter: time.Second, GaugeInterval: time.Second,
 	}, sink.writer(name), &memWAL{}, noDLQ{})

@@ -387,7 +387,7 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	eligible, atLimit := dlq.Eligible(s.letters, *maxHops)
-	modes := map[string]string{}
+	modes := map[string]config.Mode{}
 	eo := map[string]bool{}
 	for _, t := range cfg.Topics {
 		modes[t.Name] = t.Mode

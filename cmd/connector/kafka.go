@@ -43,7 +43,7 @@ func kafkaOpts(k config.Kafka) ([]kgo.Opt, error) {
 // for none.
 func saslMechanism(s config.KafkaSASL) sasl.Mechanism {
 	user, pass := s.Username, string(s.Password)
-	switch strings.ToUpper(s.Mechanism) {
+	switch s.Mechanism.Canonical() {
 	case config.SASLPlain:
 		return plain.Auth{User: user, Pass: pass}.AsMechanism()
 	case config.SASLScramSHA256:
@@ -60,7 +60,7 @@ func warnKafkaSecurity(k config.Kafka, log *slog.Logger) {
 	if k.TLS.InsecureSkipVerify {
 		log.Warn("kafka.tls.insecure_skip_verify is on: broker certificates are not checked")
 	}
-	if !k.TLS.Enabled && strings.EqualFold(k.SASL.Mechanism, config.SASLPlain) {
+	if !k.TLS.Enabled && k.SASL.Mechanism.Canonical() == config.SASLPlain {
 		log.Warn("SASL PLAIN without TLS: the password crosses the network in clear")
 	}
 }

@@ -39,9 +39,9 @@ func newSecureFake(t *testing.T, topics ...string) *secureFake {
 	fake, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topics...),
 		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}),
 		kfake.EnableSASL(),
-		kfake.Superuser(config.SASLPlain, "plain-user", fakePassword),
-		kfake.Superuser(config.SASLScramSHA256, "scram256-user", fakePassword),
-		kfake.Superuser(config.SASLScramSHA512, "scram512-user", fakePassword))
+		kfake.Superuser(string(config.SASLPlain), "plain-user", fakePassword),
+		kfake.Superuser(string(config.SASLScramSHA256), "scram256-user", fakePassword),
+		kfake.Superuser(string(config.SASLScramSHA512), "scram512-user", fakePassword))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func (f *secureFake) kafka(mech, user, pass string) config.Kafka {
 	k := config.Default().Kafka
 	k.Brokers = f.brokers
 	k.TLS = config.KafkaTLS{Enabled: true, CAFile: f.caFile}
-	k.SASL = config.KafkaSASL{Mechanism: mech, Username: user, Password: config.Secret(pass)}
+	k.SASL = config.KafkaSASL{Mechanism: config.SASLMechanism(mech), Username: user, Password: config.Secret(pass)}
 	return k
 }
 

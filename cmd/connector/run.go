@@ -23,15 +23,17 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 )
 
-// loadConfig parses flags and builds the effective configuration.
-func loadConfig(name string, args []string, stderr io.Writer) (config.Config, *flag.FlagSet, error) {
+// loadConfig parses flags and builds the effective configuration: every
+// setting valid (config.Strict), or for offline commands only readable
+// (config.Loose).
+func loadConfig(name string, args []string, stderr io.Writer, strict config.Strictness) (config.Config, *flag.FlagSet, error) {
 	fs := flag.NewFlagSet("connector "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	flags := config.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return config.Config{}, fs, &usageError{err}
 	}
-	cfg, err := config.Load(flags, os.LookupEnv)
+	cfg, err := config.Read(flags, os.LookupEnv, strict)
 	if err != nil {
 		return cfg, fs, &usageError{fmt.Errorf("invalid configuration:\n%w", err)}
 	}
@@ -49,7 +51,7 @@ func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
 }
 
 func cmdConfigCheck(args []string, stdout, stderr io.Writer) error {
-	cfg, _, err := loadConfig("config check", args, stderr)
+	cfg, _, err := loadConfig("config check", args, stderr, config.Strict)
 	if err != nil {
 		return err
 	}
@@ -60,28 +62,15 @@ func cmdConfigCheck(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdWALInspect(args []string, stdout, stderr io.Writer) error {
-	cfg, _, err := loadConfigLoose("wal inspect", args, stderr)
+	cfg, _, err := loadConfig("wal inspect", args, stderr, config.Loose)
 	if err != nil {
 		return err
 	}
 	return wal.Inspect(cfg.WAL.Path, stdout)
 }
 
-// loadConfigLoose is loadConfig for offline commands: only the settings
-// they use must be valid.
-func loadConfigLoose(name string, args []string, stderr io.Writer) (config.Config, *flag.FlagSet, error) {
-	fs := flag.NewFlagSet("connector "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	flags := config.RegisterFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return config.Config{}, fs, &usageError{err}
-	}
-	cfg, _ := config.Load(flags, os.LookupEnv)
-	return cfg, fs, nil
-}
-
 func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, _, err := loadConfig("migrate", args, stderr)
+	cfg, _, err := loadConfig("migrate", args, stderr, config.Strict)
 	if err != nil {
 		return err
 	}
@@ -148,7 +137,7 @@ func tablesFor(cfg config.Config) (map[string]sink.Table, error) {
 		case "":
 			fields := make([]sink.Field, len(t.Columns))
 			for j, c := range t.Columns {
-				fields[j] = sink.Field{Column: c.Name, Type: c.Type, Path: c.Path, TimeFormat: c.TimeFormat, Required: c.Required}
+				fields[j] = sink.Field{Column: c.Name, Type: c.Type, Path: c.Path, TimeFormat: string(c.TimeFormat), Required: c.Required}
 			}
 			var err error
 			tab, err = sink.Mapped(cfg.Postgres.Schema, t.Table, sink.Mapping{
@@ -213,7 +202,7 @@ func migrate(ctx context.Context, w *sink.Writer) error {
 }
 
 func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, _, err := loadConfig("run", args, stderr)
+	cfg, _, err := loadConfig("run", args, stderr, config.Strict)
 	if err != nil {
 		return err
 	}

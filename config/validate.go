@@ -1,0 +1,293 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+)
+
+// problems collects the invalid settings of a configuration, each error
+// naming its setting.
+type problems struct{ errs []error }
+
+// add records that setting is invalid, saying why.
+func (p *problems) add(setting, format string, args ...any) {
+	p.errs = append(p.errs, fmt.Errorf("%s: %s", setting, fmt.Sprintf(format, args...)))
+}
+
+// enum records setting as invalid when err (an enumeration's check) says so.
+func (p *problems) enum(setting string, err error) {
+	if err != nil {
+		p.add(setting, "%v", err)
+	}
+}
+
+// err joins every problem recorded; nil for none.
+func (p *problems) err() error { return errors.Join(p.errs...) }
+
+// Validate reports every problem of c at once, each naming its setting,
+// section by section. It expects the derived defaults Load fills in (the
+// table of each topic, its mode).
+func (c *Config) Validate() error {
+	var p problems
+	if c.ShutdownTimeout <= 0 {
+		p.add("shutdown_timeout", "must be positive, got %s", c.ShutdownTimeout)
+	}
+	return errors.Join(
+		c.Kafka.validate(),
+		c.Postgres.validate(),
+		c.Coordinator.validate(),
+		c.Retry.validate(),
+		c.Breaker.validate(),
+		c.WAL.validate(),
+		c.DLQ.validate(),
+		c.Metrics.validate(),
+		c.Log.validate(),
+		p.err(),
+		validateTopics(c.Topics),
+	)
+}
+
+func (k *Kafka) validate() error {
+	var p problems
+	if len(k.Brokers) == 0 {
+		p.add("kafka.brokers", "required (set KAFKA_BROKERS or -brokers)")
+	}
+	for _, b := range k.Brokers {
+		if _, port, ok := strings.Cut(b, ":"); !ok || port == "" {
+			p.add("kafka.brokers", "%q is not host:port", b)
+		}
+	}
+	if k.Group == "" {
+		p.add("kafka.group", "required")
+	}
+	if k.MaxPollRecords <= 0 {
+		p.add("kafka.max_poll_records", "must be positive, got %d", k.MaxPollRecords)
+	}
+	if k.FetchMaxBytes <= 0 {
+		p.add("kafka.fetch_max_bytes", "must be positive, got %d", k.FetchMaxBytes)
+	}
+	p.enum("kafka.start_from", startFroms.check(k.StartFrom))
+	if k.SessionTimeout <= 0 {
+		p.add("kafka.session_timeout", "must be positive, got %s", k.SessionTimeout)
+	}
+	if k.RebalanceTimeout <= 0 {
+		p.add("kafka.rebalance_timeout", "must be positive, got %s", k.RebalanceTimeout)
+	}
+	k.TLS.check(&p)
+	k.SASL.check(&p)
+	return p.err()
+}
+
+func (pg *Postgres) validate() error {
+	var p problems
+	if pg.URL == "" {
+		p.add("postgres.url", "required (set DATABASE_URL, POSTGRES_HOST… or -database-url)")
+	} else {
+		checkPostgresTLS(pg.URL, &p)
+	}
+	if pg.Schema == "" {
+		p.add("postgres.schema", "required")
+	}
+	if pg.OffsetsTable == "" {
+		p.add("postgres.offsets_table", "required")
+	}
+	if pg.MaxConns < 0 {
+		p.add("postgres.max_conns", "must not be negative, got %d", pg.MaxConns)
+	}
+	return p.err()
+}
+
+func (co *Coordinator) validate() error {
+	var p problems
+	if co.Capacity <= 0 {
+		p.add("coordinator.capacity", "must be positive, got %d", co.Capacity)
+	}
+	if co.Workers <= 0 {
+		p.add("coordinator.workers", "must be positive, got %d", co.Workers)
+	}
+	if co.BatchSize <= 0 {
+		p.add("coordinator.batch_size", "must be positive, got %d", co.BatchSize)
+	}
+	if co.Capacity > 0 && co.BatchSize > co.Capacity {
+		p.add("coordinator.batch_size", "%d exceeds coordinator.capacity %d", co.BatchSize, co.Capacity)
+	}
+	if co.FlushInterval <= 0 {
+		p.add("coordinator.flush_interval", "must be positive, got %s", co.FlushInterval)
+	}
+	if !(co.LowWatermark > 0 && co.LowWatermark < co.HighWatermark && co.HighWatermark <= 1) {
+		p.add("coordinator.high_watermark", "need 0 < low_watermark (%g) < high_watermark (%g) <= 1", co.LowWatermark, co.HighWatermark)
+	}
+	p.enum("coordinator.overflow", overflows.check(co.Overflow))
+	if co.RevokeTimeout <= 0 {
+		p.add("coordinator.revoke_timeout", "must be positive, got %s", co.RevokeTimeout)
+	}
+	return p.err()
+}
+
+func (r *Retry) validate() error {
+	var p problems
+	if r.MaxAttempts <= 0 {
+		p.add("retry.max_attempts", "must be positive, got %d", r.MaxAttempts)
+	}
+	if r.InitialBackoff <= 0 {
+		p.add("retry.initial_backoff", "must be positive, got %s", r.InitialBackoff)
+	}
+	if r.MaxBackoff < r.InitialBackoff {
+		p.add("retry.max_backoff", "%s is below retry.initial_backoff %s", r.MaxBackoff, r.InitialBackoff)
+	}
+	if r.Multiplier < 1 {
+		p.add("retry.multiplier", "must be at least 1, got %g", r.Multiplier)
+	}
+	return p.err()
+}
+
+func (b *Breaker) validate() error {
+	var p problems
+	if b.FailureThreshold <= 0 {
+		p.add("circuit_breaker.failure_threshold", "must be positive, got %d", b.FailureThreshold)
+	}
+	if b.HalfOpenAfter <= 0 {
+		p.add("circuit_breaker.half_open_after", "must be positive, got %s", b.HalfOpenAfter)
+	}
+	return p.err()
+}
+
+func (w *WAL) validate() error {
+	var p problems
+	if w.Path == "" {
+		p.add("wal.path", "required")
+	}
+	return p.err()
+}
+
+func (d *DLQ) validate() error {
+	var p problems
+	if (d.Topic == "-" || d.Topic == "") && (d.File == "-" || d.File == "") {
+		p.add("dlq", "at least one of dlq.topic and dlq.file must be kept")
+	}
+	if d.ProduceTimeout <= 0 {
+		p.add("dlq.produce_timeout", "%s is not positive", d.ProduceTimeout)
+	}
+	if rf := d.ReplicationFactor; rf != -1 && (rf < 1 || rf > math.MaxInt16) {
+		p.add("dlq.replication_factor", "must be -1 (the brokers' default) or 1 to %d, got %d", math.MaxInt16, rf)
+	}
+	return p.err()
+}
+
+func (m *Metrics) validate() error {
+	var p problems
+	if m.QueuePoll <= 0 {
+		p.add("metrics.queue_poll", "must be positive, got %s", m.QueuePoll)
+	}
+	return p.err()
+}
+
+func (l *Log) validate() error {
+	var p problems
+	p.enum("log.level", logLevels.check(l.Level))
+	p.enum("log.format", logFormats.check(l.Format))
+	return p.err()
+}
+
+// validateTopics checks every topic's mapping; a topic name may appear once.
+func validateTopics(topics []Topic) error {
+	var p problems
+	seen := map[string]bool{}
+	for i, t := range topics {
+		setting := fmt.Sprintf("topics[%d]", i)
+		if t.Name == "" {
+			p.add(setting+".name", "required")
+		} else if seen[t.Name] {
+			p.add(setting+".name", "topic %q is mapped twice", t.Name)
+		}
+		seen[t.Name] = true
+		t.validate(setting, &p)
+	}
+	return p.err()
+}
+
+// validate adds the problems of one topic, at setting (topics[i]), to p.
+func (t *Topic) validate(setting string, p *problems) {
+	switch {
+	case len(t.Columns) > 0 && t.Kind != "":
+		p.add(setting+".kind", "a topic has a kind or columns, not both")
+	case len(t.Columns) == 0 && !slices.Contains(Kinds, t.Kind):
+		p.add(setting+".kind", "must be one of %s (or give columns), got %q", strings.Join(kindNames(), ", "), string(t.Kind))
+	case t.Kind != "" && (len(t.Key) > 0 || t.TimeColumn != ""):
+		p.add(setting+".key", "key and time_column belong to a columns mapping; kind %s has its own", t.Kind)
+	}
+	p.enum(setting+".mode", modes.check(t.Mode))
+	if t.Table == "" {
+		p.add(setting+".table", "required")
+	}
+	if t.AppendOnly && t.Mode == ModeUpsert {
+		p.add(setting+".append_only", "an append-only table has no key to upsert on: use mode insert or exactly_once")
+	}
+	if err := tombstones.check(t.Tombstones); err != nil {
+		p.enum(setting+".tombstones", err)
+	} else if t.Tombstones == TombstonesDelete {
+		if t.AppendOnly || t.Mode == ModeInsert {
+			p.add(setting+".tombstones", "delete needs a key written by upsert or exactly_once, not an append-only or insert table")
+		}
+		if len(t.Columns) > 0 && len(t.Key) == 0 {
+			p.add(setting+".tombstones", "delete needs a key")
+		}
+	}
+	if t.ChunkInterval < 0 {
+		p.add(setting+".chunk_interval", "must not be negative, got %s", t.ChunkInterval)
+	}
+	if len(t.Columns) > 0 {
+		t.validateColumns(setting, p)
+	}
+}
+
+// validateColumns checks a generic mapping's columns, key and time column.
+// The column types are checked by the sink, which knows the conversions.
+func (t *Topic) validateColumns(setting string, p *problems) {
+	cols := map[string]bool{}
+	for j, c := range t.Columns {
+		cs := fmt.Sprintf("%s.columns[%d]", setting, j)
+		switch {
+		case c.Name == "":
+			p.add(cs+".name", "required")
+		case cols[c.Name]:
+			p.add(cs+".name", "column %q appears twice", c.Name)
+		}
+		cols[c.Name] = true
+		if c.Type == "" {
+			p.add(cs+".type", "required (column %q)", c.Name)
+		}
+		if err := timeFormats.check(c.TimeFormat); err != nil {
+			p.add(cs+".time_format", "%v (column %q)", err, c.Name)
+		}
+	}
+	for _, k := range t.Key {
+		if !cols[k] {
+			p.add(setting+".key", "%q is not one of the columns", k)
+		}
+	}
+	if len(t.Key) == 0 && !t.AppendOnly && t.Mode == ModeUpsert {
+		p.add(setting+".key", "required with mode upsert (or use append_only with insert or exactly_once)")
+	}
+	if t.AppendOnly && len(t.Key) > 0 {
+		p.add(setting+".key", "an append-only table has no key")
+	}
+	if t.TimeColumn != "" {
+		if !cols[t.TimeColumn] {
+			p.add(setting+".time_column", "%q is not one of the columns", t.TimeColumn)
+		} else if len(t.Key) > 0 && !slices.Contains(t.Key, t.TimeColumn) {
+			p.add(setting+".key", "must include time_column %q (TimescaleDB unique indexes contain the time column)", t.TimeColumn)
+		}
+	}
+}
+
+func kindNames() []string {
+	out := make([]string, len(Kinds))
+	for i, k := range Kinds {
+		out[i] = string(k)
+	}
+	return out
+}
