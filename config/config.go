@@ -50,12 +50,13 @@ type Kafka struct {
 	// MaxPollRecords bounds the records taken from the client per poll, in
 	// records. Default 10000; zero or negative is invalid.
 	MaxPollRecords int `yaml:"max_poll_records"`
-	// FetchMaxBytes bounds one fetch response, in bytes. Default 4 MiB:
-	// enough to keep the queue fed at 200k records/s of ~150-byte values,
-	// and each MiB of it is held twice (buffered response and decoded
-	// records) at peak. Raise it for large values. Zero or negative is
-	// invalid.
-	FetchMaxBytes int32 `yaml:"fetch_max_bytes"`
+	// FetchMaxBytes bounds one fetch response (a size: 4MiB, or bytes);
+	// the client buffers one per broker, and a partition's share is at
+	// most 1MiB of it. Default 4MiB: enough to keep the queue fed at 200k
+	// records/s of ~150-byte values. At most half of
+	// coordinator.max_bytes, and below 2GiB; zero or negative is invalid.
+	// A record batch larger than it still comes, alone.
+	FetchMaxBytes ByteSize `yaml:"fetch_max_bytes"`
 	// StartFrom is where a partition without a committed offset starts.
 	// Default StartEarliest; empty is invalid.
 	StartFrom StartFrom `yaml:"start_from"`
@@ -168,6 +169,20 @@ type Coordinator struct {
 	// records of partitions still owned are written as new batches.
 	// Default 30s; zero or negative is invalid.
 	RevokeTimeout Duration `yaml:"revoke_timeout"`
+	// MaxBytes bounds the record bytes (keys, values, headers) the
+	// connector holds: queued, in batches being assembled and in flight,
+	// and dropped records waiting for their dead letters. The watermarks
+	// apply to it as to Capacity, whichever is reached first; a record
+	// larger than all of it is still taken, alone. Env
+	// MDS_COORDINATOR_MAX_BYTES (a size: 256MiB, 1GB, or bytes). Default
+	// 128MiB; zero or negative is invalid. It also sets the Go runtime's
+	// soft memory limit to 1.5×MaxBytes + 48MiB, unless GOMEMLIMIT is set.
+	MaxBytes ByteSize `yaml:"max_bytes"`
+	// BatchMaxBytes bounds the record bytes of one database transaction
+	// (at least one record, however large). Env
+	// MDS_COORDINATOR_BATCH_MAX_BYTES. Default 8MiB; zero or negative is
+	// invalid, and so is more than MaxBytes.
+	BatchMaxBytes ByteSize `yaml:"batch_max_bytes"`
 }
 
 // Retry is the backoff for transient failures.

@@ -24,6 +24,7 @@ func Default() Config {
 			Capacity: 40000, HighWatermark: 0.8, LowWatermark: 0.5, Workers: 2,
 			BatchSize: 5000, FlushInterval: Duration(5 * time.Millisecond),
 			Overflow: OverflowBlock, RevokeTimeout: Duration(30 * time.Second),
+			MaxBytes: 128 << 20, BatchMaxBytes: 8 << 20,
 		},
 		Retry: Retry{
 			MaxAttempts: 5, InitialBackoff: Duration(50 * time.Millisecond),

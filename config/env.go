@@ -82,6 +82,8 @@ var Bindings = []Binding{
 	{Setting: "coordinator.flush_interval", Env: "MDS_COORDINATOR_FLUSH_INTERVAL", Unit: time.Second},
 	{Setting: "coordinator.overflow", Env: "MDS_COORDINATOR_OVERFLOW"},
 	{Setting: "coordinator.revoke_timeout"},
+	{Setting: "coordinator.max_bytes", Env: "MDS_COORDINATOR_MAX_BYTES"},
+	{Setting: "coordinator.batch_max_bytes", Env: "MDS_COORDINATOR_BATCH_MAX_BYTES"},
 	{Setting: "retry.max_attempts", Env: "MDS_RETRY_MAX_ATTEMPTS"},
 	{Setting: "retry.initial_backoff", Env: "MDS_RETRY_INITIAL_BACKOFF_MS", Unit: time.Millisecond},
 	{Setting: "retry.max_backoff", Env: "MDS_RETRY_MAX_BACKOFF_MS", Unit: time.Millisecond},
@@ -304,6 +306,8 @@ func (b Binding) Format() string {
 		return map[time.Duration]string{time.Second: "seconds", time.Millisecond: "milliseconds"}[b.Unit]
 	case *[]string:
 		return "comma-separated"
+	case *ByteSize:
+		return "size (256MiB, 1GB or bytes)"
 	case *bool, **bool:
 		return "true or false"
 	}

@@ -169,7 +169,7 @@ func TestBindingsNameEverySetting(t *testing.T) {
 func TestApplyEnvReadsEveryBinding(t *testing.T) {
 	sample := map[string]string{
 		"text": "x:1", "comma-separated": "h1:1, h2:2", "integer": "7", "number": "1.5", "true or false": "false",
-		"seconds": "3", "milliseconds": "3",
+		"seconds": "3", "milliseconds": "3", "size (256MiB, 1GB or bytes)": "3MiB",
 	}
 	for _, b := range Bindings {
 		if b.Env == "" || b.apply != nil {
@@ -316,6 +316,8 @@ func ExampleBindings() {
 	// coordinator.flush_interval  MDS_COORDINATOR_FLUSH_INTERVAL  seconds
 	// coordinator.overflow        MDS_COORDINATOR_OVERFLOW        block, drop_oldest or error
 	// coordinator.revoke_timeout
+	// coordinator.max_bytes       MDS_COORDINATOR_MAX_BYTES       size (256MiB, 1GB or bytes)
+	// coordinator.batch_max_bytes MDS_COORDINATOR_BATCH_MAX_BYTES size (256MiB, 1GB or bytes)
 }
 
 func ExampleApplyEnv() {
@@ -335,4 +337,59 @@ func ExampleApplyEnv() {
 	// Output:
 	// 250ms 500ms drop_oldest <nil>
 	// MDS_COORDINATOR_OVERFLOW: coordinator.overflow: must be block, drop_oldest or error, got "sometimes"
+}
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want ByteSize
+		bad  bool
+	}{
+		{name: "bytes", in: "1048576", want: 1 << 20},
+		{name: "binary", in: "256MiB", want: 256 << 20},
+		{name: "binary with space", in: " 64 KiB ", want: 64 << 10},
+		{name: "gibibytes", in: "2GiB", want: 2 << 30},
+		{name: "decimal", in: "1GB", want: 1000 * 1000 * 1000},
+		{name: "fraction", in: "1.5MiB", want: 3 << 19},
+		{name: "negative", in: "-1MiB", bad: true},
+		{name: "unknown unit", in: "12 parsecs", bad: true},
+		{name: "empty", in: "", bad: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseByteSize(tt.in)
+			if tt.bad {
+				if err == nil {
+					t.Fatalf("ParseByteSize(%q) = %d, want an error", tt.in, got)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ParseByteSize(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+			}
+			if back, err := ParseByteSize(got.String()); err != nil || back != got {
+				t.Errorf("%s does not read back: %d, %v", got, back, err)
+			}
+		})
+	}
+}
+
+func TestBudgetSettingsThatContradictEachOtherAreRefused(t *testing.T) {
+	c := Default()
+	c.Kafka.Brokers = []string{"127.0.0.1:9092"}
+	c.Postgres.URL = "postgres://u@h/db"
+	c.Topics = DefaultTopics()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults refused: %v", err)
+	}
+	c.Coordinator.MaxBytes = 4 << 20 // the default fetch of 4MiB is more than half
+	c.Coordinator.BatchMaxBytes = 8 << 20
+	c.Coordinator.RevokeTimeout = c.Kafka.RebalanceTimeout
+	err := c.Validate()
+	for _, want := range []string{"kafka.fetch_max_bytes", "coordinator.batch_max_bytes", "coordinator.revoke_timeout"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate = %v; want a problem naming %s", err, want)
+		}
+	}
 }

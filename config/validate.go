@@ -46,6 +46,7 @@ func (c *Config) Validate() error {
 		c.Metrics.validate(),
 		c.Log.validate(),
 		p.err(),
+		c.validateBudget(),
 		validateTopics(c.Topics),
 	)
 }
@@ -66,8 +67,8 @@ func (k *Kafka) validate() error {
 	if k.MaxPollRecords <= 0 {
 		p.add("kafka.max_poll_records", "must be positive, got %d", k.MaxPollRecords)
 	}
-	if k.FetchMaxBytes <= 0 {
-		p.add("kafka.fetch_max_bytes", "must be positive, got %d", k.FetchMaxBytes)
+	if k.FetchMaxBytes <= 0 || k.FetchMaxBytes >= 2<<30 {
+		p.add("kafka.fetch_max_bytes", "must be positive and below 2GiB, got %s", k.FetchMaxBytes)
 	}
 	p.enum("kafka.start_from", startFroms.check(k.StartFrom))
 	if k.SessionTimeout <= 0 {
@@ -123,6 +124,30 @@ func (co *Coordinator) validate() error {
 	p.enum("coordinator.overflow", overflows.check(co.Overflow))
 	if co.RevokeTimeout <= 0 {
 		p.add("coordinator.revoke_timeout", "must be positive, got %s", co.RevokeTimeout)
+	}
+	if co.MaxBytes <= 0 {
+		p.add("coordinator.max_bytes", "must be positive, got %s", co.MaxBytes)
+	}
+	if co.BatchMaxBytes <= 0 {
+		p.add("coordinator.batch_max_bytes", "must be positive, got %s", co.BatchMaxBytes)
+	} else if co.MaxBytes > 0 && co.BatchMaxBytes > co.MaxBytes {
+		p.add("coordinator.batch_max_bytes", "%s exceeds coordinator.max_bytes %s", co.BatchMaxBytes, co.MaxBytes)
+	}
+	return p.err()
+}
+
+// validateBudget checks the settings that share the memory budget: the
+// Kafka client buffers up to one fetch response per broker besides what
+// the coordinator holds, so one response may take at most half of it.
+func (c *Config) validateBudget() error {
+	var p problems
+	if mb := c.Coordinator.MaxBytes; mb > 0 && c.Kafka.FetchMaxBytes > 0 && c.Kafka.FetchMaxBytes*2 > mb {
+		p.add("kafka.fetch_max_bytes", "%s is more than half of coordinator.max_bytes %s: the client would buffer more than the budget allows",
+			c.Kafka.FetchMaxBytes, mb)
+	}
+	if rb, rt := c.Kafka.RebalanceTimeout, c.Coordinator.RevokeTimeout; rb > 0 && rt >= rb {
+		p.add("coordinator.revoke_timeout", "%s must be below kafka.rebalance_timeout %s: a revoke that outlasts the rebalance gets the member evicted while its batches may still land",
+			rt, rb)
 	}
 	return p.err()
 }

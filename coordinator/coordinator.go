@@ -96,6 +96,14 @@ type Config struct {
 	Overflow      config.Overflow
 	RevokeTimeout time.Duration
 
+	// MaxBytes bounds the record bytes held: queued, in batches, dropped
+	// and waiting for their dead letters. Fetching pauses at
+	// HighWatermarkBytes and resumes at LowWatermarkBytes.
+	MaxBytes           int64
+	HighWatermarkBytes int64
+	LowWatermarkBytes  int64
+	BatchMaxBytes      int64 // per batch, at least one record
+
 	RetryMaxAttempts    int
 	RetryInitialBackoff time.Duration
 	RetryMaxBackoff     time.Duration
@@ -205,7 +213,7 @@ func New(cfg Config, sink Sink, wal WAL, dlq DeadLetters, opts ...Option) (*Coor
 		log:          slog.New(slog.DiscardHandler),
 		retryable:    func(error) bool { return false },
 		fenced:       func(error) bool { return false },
-		q:            newQueue(cfg.Capacity, cfg.HighWatermark, cfg.LowWatermark, cfg.Workers),
+		q:            newQueue(cfg),
 		parts:        map[record.TopicPartition]*partition{},
 		inflightDone: make(chan struct{}),
 		flights:      map[*flight]struct{}{},
@@ -224,6 +232,7 @@ func New(cfg Config, sink Sink, wal WAL, dlq DeadLetters, opts ...Option) (*Coor
 	c.m.QueueCapacity.Set(float64(cfg.Capacity))
 	c.m.QueueHighWatermark.Set(float64(cfg.HighWatermark))
 	c.m.QueueLowWatermark.Set(float64(cfg.LowWatermark))
+	c.m.MaxBytes.Set(float64(cfg.MaxBytes))
 	return c, nil
 }
 
@@ -234,6 +243,10 @@ func (cfg Config) validate() error {
 	}
 	if !(0 < cfg.LowWatermark && cfg.LowWatermark < cfg.HighWatermark && cfg.HighWatermark <= cfg.Capacity) {
 		errs = append(errs, fmt.Errorf("need 0 < low watermark %d < high watermark %d <= capacity %d", cfg.LowWatermark, cfg.HighWatermark, cfg.Capacity))
+	}
+	if !(0 < cfg.LowWatermarkBytes && cfg.LowWatermarkBytes < cfg.HighWatermarkBytes && cfg.HighWatermarkBytes <= cfg.MaxBytes) || cfg.BatchMaxBytes <= 0 {
+		errs = append(errs, fmt.Errorf("need 0 < low watermark %d < high watermark %d <= max bytes %d, and batch max bytes %d > 0",
+			cfg.LowWatermarkBytes, cfg.HighWatermarkBytes, cfg.MaxBytes, cfg.BatchMaxBytes))
 	}
 	switch cfg.Overflow {
 	case config.OverflowBlock, config.OverflowDropOldest, config.OverflowError:
@@ -321,6 +334,8 @@ func (c *Coordinator) runGauges(ctx context.Context) {
 	for {
 		c.mu.Lock()
 		c.m.QueueDepth.Set(float64(c.q.depth))
+		c.m.QueueBytes.Set(float64(c.q.queued))
+		c.m.InflightBytes.Set(float64(c.q.held - c.q.queued))
 		c.m.WorkersAlive.Set(float64(c.workersAlive))
 		c.mu.Unlock()
 		c.m.CircuitState.Set(float64(c.retry.breaker.State()))
@@ -337,6 +352,9 @@ type Status struct {
 	WorkersAlive  int               `json:"workers_alive"`
 	QueueSize     int               `json:"queue_size"`
 	QueueCapacity int               `json:"queue_capacity"`
+	QueueBytes    int64             `json:"queue_bytes"`
+	HeldBytes     int64             `json:"held_bytes"`
+	MaxBytes      int64             `json:"max_bytes"`
 	HighWatermark int               `json:"high_watermark"`
 	LowWatermark  int               `json:"low_watermark"`
 	Backpressured bool              `json:"backpressured"`
@@ -364,6 +382,7 @@ func (c *Coordinator) Status() Status {
 	defer c.mu.Unlock()
 	s := Status{
 		WorkersAlive: c.workersAlive, QueueSize: c.q.depth, QueueCapacity: c.cfg.Capacity,
+		QueueBytes: c.q.queued, HeldBytes: c.q.held, MaxBytes: c.cfg.MaxBytes,
 		HighWatermark: c.cfg.HighWatermark, LowWatermark: c.cfg.LowWatermark,
 		Backpressured: c.q.paused || state == Open, CircuitState: state.String(),
 		LastProgress: c.lastProgress, Draining: c.draining,

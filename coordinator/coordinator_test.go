@@ -349,6 +349,7 @@ func testConfig() Config {
 		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 5 * time.Millisecond,
 		RetryMultiplier: 2, RetryJitter: true, BreakerThreshold: 3, BreakerHalfOpenAfter: 50 * time.Millisecond,
 		GaugeInterval: 250 * time.Millisecond,
+		MaxBytes:      1 << 30, HighWatermarkBytes: 800 << 20, LowWatermarkBytes: 500 << 20, BatchMaxBytes: 1 << 20,
 	}
 }
 
@@ -1395,5 +1396,154 @@ func TestFencedBatchIsAbandoned(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(c.m.BatchesAbandoned.WithLabelValues("fenced")); n != 1 {
 		t.Errorf(`ktsink_batches_abandoned_total{reason="fenced"} = %v, want 1`, n)
+	}
+}
+
+// bytesRecords returns n records of tp from offset from, each with a value
+// of size bytes.
+func bytesRecords(tp record.TopicPartition, from, n int64, size int) []*record.Record {
+	recs := recordsOf(tp, from, n)
+	for _, r := range recs {
+		r.Value = make([]byte, size)
+	}
+	return recs
+}
+
+// TestByteWatermarksPauseAndResume: the byte budget counts what is queued
+// and what is in flight; fetching pauses at the high byte mark and resumes
+// only once both the records and the bytes are back to their low marks.
+func TestByteWatermarksPauseAndResume(t *testing.T) {
+	w := newWorld(t)
+	w.hold = make(chan struct{})
+	entered := make(chan struct{}, 100)
+	w.entered = func(*record.Batch) { entered <- struct{}{} }
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.BatchSize = 1000
+	cfg.MaxBytes, cfg.HighWatermarkBytes, cfg.LowWatermarkBytes, cfg.BatchMaxBytes = 10_000, 8_000, 5_000, 10_000
+	c := newCoord(t, w, cfg)
+	tps := partitions(1)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
+	// 6 records of 1000 bytes: under the high mark, taken as one batch
+	// that the sink holds
+	if err := c.Submit(context.Background(), bytesRecords(tps[0], 0, 6, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, entered, "the first batch to be in the sink")
+	if c.Backpressured() {
+		t.Fatal("backpressured at 6000 bytes held, below the high mark of 8000")
+	}
+	// 2 more queued: 8000 held, 6000 of them in flight
+	if err := c.Submit(context.Background(), bytesRecords(tps[0], 6, 2, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Backpressured() {
+		t.Fatal("not backpressured at 8000 bytes held (2000 queued, 6000 in flight): in-flight bytes must count")
+	}
+	if st := c.Status(); st.HeldBytes != 8000 || st.QueueBytes != 2000 {
+		t.Fatalf("held %d queued %d, want 8000 and 2000", st.HeldBytes, st.QueueBytes)
+	}
+	close(w.hold) // everything lands: 0 held
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Backpressured() {
+		t.Fatal("still backpressured with nothing held")
+	}
+	w.check()
+}
+
+// TestByteHysteresis: after the high byte mark, the queue stays paused
+// until the bytes held fall to the low mark, not merely below the high one.
+func TestByteHysteresis(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxBytes, cfg.HighWatermarkBytes, cfg.LowWatermarkBytes = 10_000, 8_000, 5_000
+	q := newQueue(cfg)
+	l := q.lanes[0]
+	for i := range 8 {
+		q.push(l, item{rec: &record.Record{Offset: int64(i)}, size: 1000})
+	}
+	if !q.paused {
+		t.Fatal("not paused at the high byte mark")
+	}
+	q.took(8, 8000)
+	for held := int64(8000); held > 5000; held -= 1000 {
+		if q.ended(1000); q.paused != (held-1000 > 5000) {
+			t.Fatalf("at %d bytes held: paused %v", held-1000, q.paused)
+		}
+	}
+	if q.paused {
+		t.Fatal("still paused at the low byte mark")
+	}
+}
+
+// TestRecordLargerThanTheBudgetLandsAlone: a record larger than all of
+// max_bytes is taken, alone, under every overflow strategy: never a
+// deadlock, never refused.
+func TestRecordLargerThanTheBudgetLandsAlone(t *testing.T) {
+	for _, overflow := range []config.Overflow{config.OverflowBlock, config.OverflowDropOldest, config.OverflowError} {
+		t.Run(string(overflow), func(t *testing.T) {
+			w := newWorld(t)
+			var mu sync.Mutex
+			var sizes []int
+			w.fail = func(b *record.Batch, _ int) error {
+				mu.Lock()
+				defer mu.Unlock()
+				n := 0
+				for _, r := range b.Records {
+					n += r.Size()
+				}
+				sizes = append(sizes, n)
+				return nil
+			}
+			cfg := testConfig()
+			cfg.Overflow = overflow
+			cfg.MaxBytes, cfg.HighWatermarkBytes, cfg.LowWatermarkBytes, cfg.BatchMaxBytes = 10_000, 8_000, 5_000, 4_000
+			c := newCoord(t, w, cfg)
+			tps := partitions(1)
+			assign(t, c, tps)
+			wait := runCoord(t, c, w)
+			recs := append(bytesRecords(tps[0], 0, 3, 1500), bytesRecords(tps[0], 3, 1, 50_000)...)
+			recs = append(recs, bytesRecords(tps[0], 4, 3, 1500)...)
+			for i, r := range recs {
+				// one at a time, each after the one before has landed:
+				// the error strategy refuses whatever comes while the
+				// budget is held
+				if err := c.Submit(context.Background(), []*record.Record{r}); err != nil {
+					t.Fatal(err)
+				}
+				waitUntil(t, func() bool {
+					w.mu.Lock()
+					defer w.mu.Unlock()
+					return len(w.landed[tps[0]]) == i+1
+				}, "the record to land")
+			}
+			if err := wait(); err != nil {
+				t.Fatal(err)
+			}
+			w.check()
+			if w.committed[tps[0]] != 7 {
+				t.Fatalf("committed %d, want 7", w.committed[tps[0]])
+			}
+			for _, n := range sizes {
+				if n > 4_000 && n != 50_000 {
+					t.Errorf("a batch of %d bytes: over batch_max_bytes 4000 and not the one large record alone", n)
+				}
+			}
+		})
+	}
+}
+
+// waitUntil polls cond until it holds; the bound only keeps a broken test
+// from hanging.
+func waitUntil(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

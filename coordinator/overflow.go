@@ -13,17 +13,19 @@ import (
 // off the poll loop. A dropped record stays un-done, and its partition's
 // later records stay queued (takeBatch holds them), until its dead letter
 // is durable: no span, and so no WAL entry and no offset, passes it before.
-// At most Capacity drops wait at once; beyond, Submit waits for one to
-// end. Its state is guarded by Coordinator.mu.
+// At most Capacity drops, and MaxBytes of them, wait at once; beyond,
+// Submit waits for one to end. Its state is guarded by Coordinator.mu.
 type dropper struct {
 	c       *Coordinator
-	pending []dropped
+	pending []dropped // taken from the queue, not yet being delivered
+	bytes   int64     // of the drops not yet ended, pending or being delivered
 	wake    chan struct{}
 }
 
 type dropped struct {
-	rec *record.Record
-	ps  *partition
+	rec  *record.Record
+	size int64
+	ps   *partition
 }
 
 func newDropper(c *Coordinator) *dropper {
@@ -55,7 +57,7 @@ func (d *dropper) take() (<-chan struct{}, error) {
 	if c.draining {
 		return nil, ErrClosed
 	}
-	if len(d.pending) >= c.cfg.Capacity {
+	if len(d.pending) >= c.cfg.Capacity || d.bytes >= c.cfg.MaxBytes {
 		return c.inflightDone, nil
 	}
 	var oldest *lane
@@ -68,12 +70,13 @@ func (d *dropper) take() (<-chan struct{}, error) {
 	if oldest == nil {
 		return nil, nil
 	}
-	r := oldest.popOldest()
-	c.q.shrunk(1)
-	ps := c.parts[r.TP()]
+	it := oldest.popOldest()
+	c.q.took(1, it.size)
+	ps := c.parts[it.rec.TP()]
 	ps.dropping++
 	ps.inflight++ // a revoke waits for the dead letter to be durable
-	d.pending = append(d.pending, dropped{rec: r, ps: ps})
+	d.bytes += it.size
+	d.pending = append(d.pending, dropped{rec: it.rec, size: it.size, ps: ps})
 	select {
 	case d.wake <- struct{}{}:
 	default:
@@ -126,8 +129,7 @@ func (d *dropper) keepOwned(batch []dropped) []dropped {
 			continue
 		}
 		gone = append(gone, dr.rec)
-		dr.ps.dropping--
-		dr.ps.inflight--
+		d.endLocked(dr)
 	}
 	if len(gone) > 0 {
 		c.signalInflightLocked()
@@ -161,8 +163,7 @@ func (d *dropper) deliver(ctx context.Context, batch []dropped) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, dr := range batch {
-		dr.ps.dropping--
-		dr.ps.inflight--
+		d.endLocked(dr)
 		dr.ps.tracker.complete(dr.rec.Offset, dr.rec.LeaderEpoch)
 		c.m.ItemsDropped.WithLabelValues("overflow").Inc()
 		c.q.lanes[dr.ps.worker].notify()
@@ -170,4 +171,12 @@ func (d *dropper) deliver(ctx context.Context, batch []dropped) bool {
 	c.signalInflightLocked()
 	c.wakeCommitter()
 	return true
+}
+
+// endLocked ends a drop, delivered or abandoned.
+func (d *dropper) endLocked(dr dropped) {
+	dr.ps.dropping--
+	dr.ps.inflight--
+	d.bytes -= dr.size
+	d.c.q.ended(dr.size)
 }

@@ -12,8 +12,9 @@ import (
 // item is a queued record with the time it was queued (batches flush by
 // the age of their oldest record).
 type item struct {
-	rec *record.Record
-	at  time.Time
+	rec  *record.Record
+	at   time.Time
+	size int64 // rec.Size()
 }
 
 // lane is one worker's FIFO of queued records. Guarded by Coordinator.mu.
@@ -40,10 +41,13 @@ func (l *lane) oldest() (time.Time, bool) {
 	return l.q[l.head].at, true
 }
 
-// pop takes up to n records from the front, in order, leaving in place
-// those for which hold is true (their partition must wait).
-func (l *lane) pop(n int, hold func(*record.Record) bool) []*record.Record {
+// pop takes records from the front, in order, up to n of them and up to
+// maxBytes of their sizes (at least one record however large), leaving in
+// place those for which hold is true (their partition must wait). It
+// returns them and their bytes.
+func (l *lane) pop(n int, maxBytes int64, hold func(*record.Record) bool) ([]*record.Record, int64) {
 	out := make([]*record.Record, 0, min(n, l.len()))
+	var bytes int64
 	kept := l.head
 	i := l.head
 	for ; i < len(l.q) && len(out) < n; i++ {
@@ -52,7 +56,11 @@ func (l *lane) pop(n int, hold func(*record.Record) bool) []*record.Record {
 			kept++
 			continue
 		}
+		if len(out) > 0 && bytes+l.q[i].size > maxBytes {
+			break
+		}
 		out = append(out, l.q[i].rec)
+		bytes += l.q[i].size
 	}
 	// the held records move up to just before the first record not looked at
 	moved := i - kept
@@ -62,16 +70,16 @@ func (l *lane) pop(n int, hold func(*record.Record) bool) []*record.Record {
 		l.head += moved
 	}
 	l.compact()
-	return out
+	return out, bytes
 }
 
 // popOldest takes the front record.
-func (l *lane) popOldest() *record.Record {
-	r := l.q[l.head].rec
+func (l *lane) popOldest() item {
+	it := l.q[l.head]
 	l.q[l.head] = item{}
 	l.head++
 	l.compact()
-	return r
+	return it
 }
 
 func (l *lane) compact() {
@@ -84,52 +92,79 @@ func (l *lane) compact() {
 	}
 }
 
-// remove takes every record of tp out of the lane and returns how many.
-func (l *lane) remove(tp record.TopicPartition) int {
+// remove takes every record of tp out of the lane and returns how many,
+// and their bytes.
+func (l *lane) remove(tp record.TopicPartition) (removed int, bytes int64) {
 	kept := l.q[:l.head]
-	removed := 0
 	for _, it := range l.q[l.head:] {
 		if it.rec.TP() == tp {
 			removed++
+			bytes += it.size
 			continue
 		}
 		kept = append(kept, it)
 	}
 	clear(l.q[len(kept):])
 	l.q = kept
-	return removed
+	return removed, bytes
 }
 
-// queue is the bounded queue: one lane per worker and the depth over all
-// of them, with hysteresis between the watermarks. Guarded by
-// Coordinator.mu.
+// queue is the bounded queue: one lane per worker, the records queued
+// over all of them, and the record bytes held (queued, in batches being
+// written, dropped and waiting for their dead letters), with hysteresis
+// between the watermarks by either measure. Guarded by Coordinator.mu.
 type queue struct {
-	capacity, high, low int
-	lanes               []*lane
-	depth               int
-	// paused is true from the moment depth reaches the high watermark
-	// until it falls to the low one: fetching pauses meanwhile.
+	capacity, high, low           int
+	maxBytes, highBytes, lowBytes int64
+	lanes                         []*lane
+	depth                         int   // records queued
+	queued                        int64 // bytes of the records queued
+	held                          int64 // bytes queued or taken and not yet ended
+	// paused is true from the moment the queue reaches a high watermark
+	// (records or bytes) until it is back to both low ones: fetching
+	// pauses meanwhile.
 	paused bool
 	space  chan struct{} // closed and replaced when the queue shrinks
 	flow   chan struct{} // closed and replaced when paused changes
 }
 
-func newQueue(capacity, high, low, lanes int) queue {
-	q := queue{capacity: capacity, high: high, low: low, space: make(chan struct{}), flow: make(chan struct{})}
-	for range lanes {
+func newQueue(cfg Config) queue {
+	q := queue{
+		capacity: cfg.Capacity, high: cfg.HighWatermark, low: cfg.LowWatermark,
+		maxBytes: cfg.MaxBytes, highBytes: cfg.HighWatermarkBytes, lowBytes: cfg.LowWatermarkBytes,
+		space: make(chan struct{}), flow: make(chan struct{}),
+	}
+	for range cfg.Workers {
 		q.lanes = append(q.lanes, &lane{wake: make(chan struct{}, 1)})
 	}
 	return q
 }
 
-func (q *queue) full() bool { return q.depth >= q.capacity }
+// full says whether the queue takes no more records: at capacity, or,
+// when bytes count (not for block, whose poll loop asks Room first and must
+// never wait in Submit), with the byte budget held and something queued
+// (a record larger than the whole budget is still taken, alone).
+func (q *queue) full(bytesCount bool) bool {
+	return q.depth >= q.capacity || (bytesCount && q.held >= q.maxBytes && q.depth > 0)
+}
+
+// room is how many records the source may poll now: none while the byte
+// budget is held.
+func (q *queue) room() int {
+	if q.held >= q.maxBytes {
+		return 0
+	}
+	return q.capacity - q.depth
+}
 
 // push queues one record on a lane; it reports whether the queue reached
-// its high watermark now.
+// a high watermark now.
 func (q *queue) push(l *lane, it item) (pausedNow bool) {
 	l.q = append(l.q, it)
 	q.depth++
-	if !q.paused && q.depth >= q.high {
+	q.queued += it.size
+	q.held += it.size
+	if !q.paused && (q.depth >= q.high || q.held >= q.highBytes) {
 		q.paused = true
 		q.signalFlow()
 		return true
@@ -137,12 +172,33 @@ func (q *queue) push(l *lane, it item) (pausedNow bool) {
 	return false
 }
 
-// shrunk accounts for n records taken out of the lanes; it reports
-// whether the queue fell to its low watermark now.
-func (q *queue) shrunk(n int) (resumedNow bool) {
+// took accounts for n records of bytes taken out of the lanes into
+// batches or drops: still held.
+func (q *queue) took(n int, bytes int64) (resumedNow bool) {
 	q.depth -= n
+	q.queued -= bytes
+	return q.shrunk()
+}
+
+// removed accounts for n records of bytes taken out of the lanes and let
+// go (a revoke).
+func (q *queue) removed(n int, bytes int64) (resumedNow bool) {
+	q.depth -= n
+	q.queued -= bytes
+	q.held -= bytes
+	return q.shrunk()
+}
+
+// ended accounts for bytes of taken records let go: their batch or drop
+// ended.
+func (q *queue) ended(bytes int64) (resumedNow bool) {
+	q.held -= bytes
+	return q.shrunk()
+}
+
+func (q *queue) shrunk() (resumedNow bool) {
 	q.signalSpace()
-	if q.paused && q.depth <= q.low {
+	if q.paused && q.depth <= q.low && q.held <= q.lowBytes {
 		q.paused = false
 		q.signalFlow()
 		return true
@@ -166,11 +222,12 @@ func (q *queue) wakeAll() {
 	}
 }
 
-// Room returns how many records fit in the queue now.
+// Room returns how many records the source may poll now: the records that
+// fit, or none while the byte budget is held.
 func (c *Coordinator) Room() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.q.capacity - c.q.depth
+	return c.q.room()
 }
 
 // Backpressured reports whether fetching should pause: the queue reached
@@ -228,7 +285,7 @@ func (c *Coordinator) Submit(ctx context.Context, recs []*record.Record) error {
 		}
 		switch c.cfg.Overflow {
 		case config.OverflowError:
-			return fmt.Errorf("%w: capacity %d, %d records from %s not queued", ErrQueueFull, c.cfg.Capacity, len(recs), recs[0])
+			return fmt.Errorf("%w: capacity %d records and %d bytes, %d records from %s not queued", ErrQueueFull, c.cfg.Capacity, c.cfg.MaxBytes, len(recs), recs[0])
 		case config.OverflowDropOldest:
 			if err := c.drops.dropOldest(ctx); err != nil {
 				return err
@@ -260,12 +317,12 @@ func (c *Coordinator) admit(recs []*record.Record, now time.Time) (int, <-chan s
 		if ps == nil || !ps.accepts() {
 			continue
 		}
-		if c.q.full() {
+		if c.q.full(c.cfg.Overflow != config.OverflowBlock) {
 			return i, c.q.space, nil
 		}
 		ps.tracker.register(r.Offset)
 		l := c.q.lanes[ps.worker]
-		if c.q.push(l, item{rec: r, at: now}) {
+		if c.q.push(l, item{rec: r, at: now, size: int64(r.Size())}) {
 			c.log.Debug("queue at high watermark: pausing fetch", "depth", c.q.depth)
 		}
 		c.m.ItemsSubmitted.Inc()

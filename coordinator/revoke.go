@@ -97,7 +97,7 @@ func (c *Coordinator) takeOut(tps []record.TopicPartition, to phase) []*partitio
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []*partition
-	removed := 0
+	removed, bytes := 0, int64(0)
 	for _, tp := range tps {
 		ps := c.parts[tp]
 		if ps == nil || slices.Contains(out, ps) {
@@ -107,9 +107,10 @@ func (c *Coordinator) takeOut(tps []record.TopicPartition, to phase) []*partitio
 		if ps.phase != fenced {
 			ps.phase = to
 		}
-		removed += c.q.lanes[ps.worker].remove(tp)
+		n, b := c.q.lanes[ps.worker].remove(tp)
+		removed, bytes = removed+n, bytes+b
 	}
-	c.q.shrunk(removed)
+	c.q.removed(removed, bytes)
 	return out
 }
 

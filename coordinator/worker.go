@@ -32,11 +32,13 @@ func (c *Coordinator) runWorker(ctx context.Context, id int, l *lane) error {
 		c.mu.Unlock()
 	}()
 	for {
-		b, parts, ok := c.nextBatch(ctx, l)
+		b, parts, bytes, ok := c.nextBatch(ctx, l)
 		if !ok {
 			return nil
 		}
-		if err := c.process(ctx, b, parts); err != nil {
+		err := c.process(ctx, b, parts)
+		c.endBytes(bytes)
+		if err != nil {
 			return fmt.Errorf("worker %d: %w", id, err)
 		}
 	}
@@ -45,15 +47,15 @@ func (c *Coordinator) runWorker(ctx context.Context, id int, l *lane) error {
 // nextBatch waits until the lane holds a full batch, or its oldest record
 // is FlushInterval old, or the queue drains; then it takes a batch. ok is
 // false when the worker should stop.
-func (c *Coordinator) nextBatch(ctx context.Context, l *lane) (b *record.Batch, parts []*partition, ok bool) {
+func (c *Coordinator) nextBatch(ctx context.Context, l *lane) (b *record.Batch, parts []*partition, bytes int64, ok bool) {
 	for {
 		wait, stop := c.batchReady(ctx, l)
 		if stop {
-			return nil, nil, false
+			return nil, nil, 0, false
 		}
 		if wait == 0 {
-			if b, parts = c.takeBatch(l); b != nil {
-				return b, parts, true
+			if b, parts, bytes = c.takeBatch(l); b != nil {
+				return b, parts, bytes, true
 			}
 			// every queued record waits for a drop of its partition
 			wait = c.cfg.FlushInterval
@@ -95,23 +97,23 @@ func (c *Coordinator) batchReady(ctx context.Context, l *lane) (wait time.Durati
 	return c.cfg.FlushInterval - age, false
 }
 
-// takeBatch takes up to BatchSize records from the lane and computes their
-// spans. A partition with a dropped record not yet durably dead-lettered
+// takeBatch takes up to BatchSize records and BatchMaxBytes of them from
+// the lane and computes their spans; it returns their bytes too. A partition with a dropped record not yet durably dead-lettered
 // keeps its records queued: a span must cover only records that are in its
 // batch or already durable in the dead letters. It returns nil when every
 // queued record waits so.
-func (c *Coordinator) takeBatch(l *lane) (*record.Batch, []*partition) {
+func (c *Coordinator) takeBatch(l *lane) (*record.Batch, []*partition, int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	hold := func(r *record.Record) bool {
 		ps := c.parts[r.TP()]
 		return ps != nil && ps.dropping > 0
 	}
-	recs := l.pop(c.cfg.BatchSize, hold)
+	recs, bytes := l.pop(c.cfg.BatchSize, c.cfg.BatchMaxBytes, hold)
 	if len(recs) == 0 {
-		return nil, nil
+		return nil, nil, 0
 	}
-	if c.q.shrunk(len(recs)) {
+	if c.q.took(len(recs), bytes) {
 		c.log.Debug("queue at low watermark: resuming fetch", "depth", c.q.depth)
 	}
 	b := &record.Batch{Records: recs}
@@ -137,7 +139,16 @@ func (c *Coordinator) takeBatch(l *lane) (*record.Batch, []*partition) {
 	for i, ps := range parts {
 		ps.next = b.Spans[i].Next
 	}
-	return b, parts
+	return b, parts, bytes
+}
+
+// endBytes lets go of the bytes of a batch that ended, landed or not.
+func (c *Coordinator) endBytes(bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.q.ended(bytes) {
+		c.log.Debug("queue at low watermark: resuming fetch", "depth", c.q.depth, "held_bytes", c.q.held)
+	}
 }
 
 // process lands one batch: WAL pending, sink transaction (retried), WAL

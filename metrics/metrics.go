@@ -33,6 +33,9 @@ type Metrics struct {
 	QueueCapacity      prometheus.Gauge
 	QueueHighWatermark prometheus.Gauge
 	QueueLowWatermark  prometheus.Gauge
+	QueueBytes         prometheus.Gauge
+	InflightBytes      prometheus.Gauge
+	MaxBytes           prometheus.Gauge
 	WorkersAlive       prometheus.Gauge
 	CircuitState       prometheus.Gauge
 	BatchesWritten     prometheus.Counter
@@ -81,6 +84,15 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		QueueCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mds_coord_queue_capacity", Help: "Capacity of the coordinator queue, in records.",
+		}),
+		QueueBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mds_coord_queue_bytes", Help: "Record bytes (keys, values, headers) in the coordinator queue now.",
+		}),
+		InflightBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ktsink_inflight_bytes", Help: "Record bytes taken from the queue and not yet ended: in batches being written, and dropped records waiting for their dead letters.",
+		}),
+		MaxBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ktsink_max_bytes", Help: "The byte budget (coordinator.max_bytes): queued plus in-flight record bytes pause fetching at its high watermark share.",
 		}),
 		QueueHighWatermark: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mds_coord_queue_high_watermark", Help: "Queue depth at which fetching pauses, in records.",
@@ -205,7 +217,7 @@ func (m *Metrics) Init(topics []string) {
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.SinkWrites, m.SinkWriteLatency, m.ItemsSubmitted, m.ItemsDropped, m.QueueDepth,
-		m.QueueCapacity, m.QueueHighWatermark, m.QueueLowWatermark, m.WorkersAlive,
+		m.QueueCapacity, m.QueueHighWatermark, m.QueueLowWatermark, m.QueueBytes, m.InflightBytes, m.MaxBytes, m.WorkersAlive,
 		m.CircuitState, m.BatchesWritten, m.WriteErrors, m.WorkerLatency, m.BatchSize,
 		m.RecordsConsumed, m.RecordsWritten, m.RecordsDeadLetter, m.Tombstones,
 		m.EndToEndLatency, m.ConsumerLag, m.OffsetCommits, m.Rebalances, m.PausedPartitions,

@@ -70,3 +70,13 @@ type Position struct {
 	Offset      int64
 	LeaderEpoch int32
 }
+
+// Size is the record's bytes as the connector holds them: key, value and
+// headers. The byte budget counts it.
+func (r *Record) Size() int {
+	n := len(r.Key) + len(r.Value)
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}

@@ -177,7 +177,13 @@ func (s *Source) clientOpts() []kgo.Opt {
 		kopts = append(kopts, kgo.InstanceID(cfg.InstanceID))
 	}
 	if cfg.FetchMaxBytes > 0 {
-		kopts = append(kopts, kgo.FetchMaxBytes(cfg.FetchMaxBytes), kgo.BrokerMaxReadBytes(2*cfg.FetchMaxBytes))
+		// One response per broker is buffered: FetchMaxBytes bounds it,
+		// and a partition's share of it. A single record batch larger than
+		// that still comes alone (the broker sends it whole); the read
+		// bound only guards against a broker gone mad.
+		kopts = append(kopts, kgo.FetchMaxBytes(cfg.FetchMaxBytes),
+			kgo.FetchMaxPartitionBytes(min(cfg.FetchMaxBytes, 1<<20)),
+			kgo.BrokerMaxReadBytes(max(2*cfg.FetchMaxBytes, 64<<20)))
 	}
 	if cfg.SessionTimeout > 0 {
 		kopts = append(kopts, kgo.SessionTimeout(cfg.SessionTimeout))

@@ -100,6 +100,7 @@ func startMember(t *testing.T, name string, brokers []string, topic, group strin
 		FlushInterval: 5 * time.Millisecond, Overflow: config.OverflowBlock, RevokeTimeout: 5 * time.Second,
 		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 10 * time.Millisecond, RetryMultiplier: 2,
 		BreakerThreshold: 5, BreakerHalfOpenAfter: time.Second, GaugeInterval: time.Second,
+		MaxBytes: 64 << 20, HighWatermarkBytes: 48 << 20, LowWatermarkBytes: 32 << 20, BatchMaxBytes: 1 << 20,
 	}, sink.writer(name), &memWAL{}, noDLQ{})
 	if err != nil {
 		t.Fatal(err)

@@ -135,6 +135,7 @@ func (e *env) writeConfig(name string, o topicOpts) string {
 postgres:
   schema: %s
 coordinator:
+  revoke_timeout: 10s
   workers: %d
   batch_size: %d
   capacity: %d

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -58,6 +60,7 @@ func newPipeline(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *P
 		}
 	}()
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	setMemoryLimit(cfg.Coordinator.MaxBytes, log)
 	p.m = metrics.New(p.reg)
 	kopts, err := kafkaOpts(cfg.Kafka)
 	if err != nil {
@@ -161,6 +164,9 @@ func (p *Pipeline) buildCoordinator() error {
 		RetryJitter:      cfg.Retry.Jitter == nil || *cfg.Retry.Jitter,
 		BreakerThreshold: cfg.Breaker.FailureThreshold, BreakerHalfOpenAfter: time.Duration(cfg.Breaker.HalfOpenAfter),
 		GaugeInterval: time.Duration(cfg.Metrics.QueuePoll),
+		MaxBytes:      int64(co.MaxBytes), BatchMaxBytes: int64(co.BatchMaxBytes),
+		HighWatermarkBytes: int64(float64(co.MaxBytes) * co.HighWatermark),
+		LowWatermarkBytes:  int64(float64(co.MaxBytes) * co.LowWatermark),
 	}, p.sink, coordWAL{p.wal}, p.dlq, opts...)
 	return err
 }
@@ -172,7 +178,7 @@ func (p *Pipeline) buildSource(kopts []kgo.Opt) error {
 	var err error
 	p.src, err = source.New(source.Config{
 		Brokers: cfg.Kafka.Brokers, Group: cfg.Kafka.Group, ClientID: cfg.Kafka.ClientID, InstanceID: cfg.Kafka.InstanceID, Topics: topics,
-		MaxPollRecords: cfg.Kafka.MaxPollRecords, FetchMaxBytes: cfg.Kafka.FetchMaxBytes,
+		MaxPollRecords: cfg.Kafka.MaxPollRecords, FetchMaxBytes: int32(cfg.Kafka.FetchMaxBytes),
 		StartFrom: cfg.Kafka.StartFrom, SessionTimeout: time.Duration(cfg.Kafka.SessionTimeout),
 		RebalanceTimeout: time.Duration(cfg.Kafka.RebalanceTimeout),
 		CommitInterval:   time.Second,
@@ -252,6 +258,21 @@ func (p *Pipeline) Close() error {
 		p.pool.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// setMemoryLimit sets the Go runtime's soft memory limit from the byte
+// budget, 1.5×max_bytes + 48MiB, unless GOMEMLIMIT says otherwise: the
+// records held take max_bytes at most, and the rows decoded from the
+// batches in flight, their COPY buffers and the process's own needs fit
+// in the rest; the collector then returns garbage before the process grows
+// past its budget.
+func setMemoryLimit(maxBytes config.ByteSize, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := int64(maxBytes) + int64(maxBytes)/2 + 48<<20
+	debug.SetMemoryLimit(limit)
+	log.Info("memory limit set from coordinator.max_bytes", "max_bytes", maxBytes.String(), "limit", config.ByteSize(limit).String())
 }
 
 // sampleWAL sets the WAL gauges until ctx ends.
