@@ -25,13 +25,16 @@ func (op rowOp) String() string {
 }
 
 // isolateGroup deletes a group's keys and lands its rows under
-// savepoints, rejecting those the database refuses for data reasons. A
+// savepoints, rejecting those the database refuses alone (see failure):
+// when every row it refuses for a reason of unknown lean fails alone and
+// none lands, the refusal is the table's, and isolateGroup returns it. A
 // refused record whose key had earlier versions in the batch (g.older)
 // gives way to the latest of them, in rounds until none is left: every key
 // ends as if the batch's records had been applied one by one, the refused
 // ones dead-lettered.
 func (x *txWriter) isolateGroup(ctx context.Context, g *group, up, del rowSet) error {
 	var chains map[*record.Record][]version // versions left, by the record that stands for them now
+	x.landed, x.suspects = false, nil
 	for len(up.rows) > 0 || len(del.rows) > 0 {
 		from := len(x.rejected)
 		if len(del.rows) > 0 {
@@ -68,6 +71,9 @@ func (x *txWriter) isolateGroup(ctx context.Context, g *group, up, del rowSet) e
 			}
 		}
 	}
+	if len(x.suspects) > 0 && !x.landed {
+		return fmt.Errorf("every row refused alone: %w", x.suspects[0].Err)
+	}
 	return nil
 }
 
@@ -80,20 +86,22 @@ func (x *txWriter) apply(ctx context.Context, t *target, op rowOp, rows [][]any)
 }
 
 // isolate applies op to the rows of s under a savepoint; when the
-// database refuses them for data reasons it splits them in halves, in
-// order, down to the single rows at fault, which it rejects ("<op>
-// <record> …").
+// database refuses them (failRows, failUnknown) it splits them in halves,
+// in order, down to the single rows at fault, which it rejects ("<op>
+// <record> …"), noting those of unknown lean as suspects.
 func (x *txWriter) isolate(ctx context.Context, t *target, s rowSet, op rowOp) error {
 	if _, err := x.tx.Exec(ctx, "SAVEPOINT ktsink_rows"); err != nil {
 		return err
 	}
 	err := x.apply(ctx, t, op, s.rows)
 	if err == nil {
+		x.landed = true
 		_, err = x.tx.Exec(ctx, "RELEASE SAVEPOINT ktsink_rows")
 		return err
 	}
 	refused := errors.Is(err, errEncoderRefused)
-	if !refused && !splittable(err) {
+	f := classify(err, x.mode == attemptSplittingTimeouts)
+	if !refused && f != failRows && f != failUnknown {
 		return err
 	}
 	if _, rbErr := x.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT ktsink_rows; RELEASE SAVEPOINT ktsink_rows"); rbErr != nil {
@@ -104,10 +112,14 @@ func (x *txWriter) isolate(ctx context.Context, t *target, s rowSet, op rowOp) e
 		return x.isolate(ctx, t, s, op)
 	}
 	if len(s.rows) == 1 {
-		x.rejected = append(x.rejected, record.Rejected{
-			Record: s.recs[0], Class: record.ClassData,
+		r := record.Rejected{
+			Record: s.recs[0], Class: rejectClass(err),
 			Err: fmt.Errorf("%s %s, table %s: %w", op, s.recs[0], t.name, err),
-		})
+		}
+		x.rejected = append(x.rejected, r)
+		if f == failUnknown {
+			x.suspects = append(x.suspects, r)
+		}
 		return nil
 	}
 	mid := len(s.rows) / 2

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func TestAppendKeyCanonical(t *testing.T) {
 		{0.1, float64(float32(0.1)), "real", true},
 		{0.1, float64(float32(0.1)), "float(24)", true},
 		{0.1, float64(float32(0.1)), "double precision", false},
-		{-0.0, 0.0, "double precision", true},
+		{math.Copysign(0, -1), 0.0, "double precision", true},
 	} {
 		kt := table.MustParseType(tt.typ)
 		if got := string(appendKey(nil, tt.a, kt)) == string(appendKey(nil, tt.b, kt)); got != tt.equal {

@@ -63,6 +63,11 @@ type Config struct {
 	// StatementTimeout bounds each statement of a Write (SET LOCAL
 	// statement_timeout). Zero means the server's setting.
 	StatementTimeout time.Duration
+	// TimeoutRetries is how many Writes of one batch may end in a
+	// statement timeout (57014, retryable) before the next one splits the
+	// batch down to the rows that time out alone and rejects them with
+	// class timeout. Zero: 3.
+	TimeoutRetries int
 	// NoCopyFirst turns off the plain COPY that upsert batches try first:
 	// every upsert then goes through unnest or the staging table.
 	NoCopyFirst bool
@@ -105,6 +110,11 @@ func WithLogger(l *slog.Logger) Option { return func(w *Writer) { w.log = l } }
 // two are level at 1000, and staging is ahead by about 10% at 2000-5000.
 const defaultUnnestMax = 1000
 
+// defaultTimeoutRetries is Config.TimeoutRetries when zero: a batch gets
+// three tries whole (with the caller's backoff between them) before its
+// rows are tried apart.
+const defaultTimeoutRetries = 3
+
 // Writer lands batches. It is safe for concurrent use: each Write runs in a
 // transaction of its own. It owns nothing that needs closing; the DB stays
 // the caller's.
@@ -127,6 +137,7 @@ type Writer struct {
 	afterCreateHypertable func(ctx context.Context, tx pgx.Tx, table string) error
 
 	timescale timescale
+	timeouts  timeoutBudget
 }
 
 // New validates cfg, reporting every problem at once, and builds a Writer.
@@ -138,7 +149,11 @@ func New(db DB, cfg Config, opts ...Option) (*Writer, error) {
 	if cfg.OffsetsTable == "" {
 		cfg.OffsetsTable = "ktsink_offsets"
 	}
+	if cfg.TimeoutRetries == 0 {
+		cfg.TimeoutRetries = defaultTimeoutRetries
+	}
 	w := &Writer{db: db, cfg: cfg, routes: make(map[string]route, len(cfg.Tables)), unnestMax: defaultUnnestMax}
+	w.timeouts.limit = cfg.TimeoutRetries
 	for _, o := range opts {
 		o(w)
 	}
@@ -154,6 +169,9 @@ func New(db DB, cfg Config, opts ...Option) (*Writer, error) {
 	}
 	if len(cfg.Tables) == 0 {
 		errs = append(errs, errors.New("sink: no tables configured"))
+	}
+	if cfg.TimeoutRetries < 0 {
+		errs = append(errs, fmt.Errorf("sink: timeout retries %d is negative", cfg.TimeoutRetries))
 	}
 	if cfg.StatementTimeout < 0 {
 		errs = append(errs, fmt.Errorf("sink: statement timeout %v is negative", cfg.StatementTimeout))

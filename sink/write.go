@@ -6,14 +6,16 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/ktsink/connector/record"
 )
 
-// errIsolate ends an attempt that met a data error without savepoints: the
-// batch is then written again, bisecting under savepoints.
-var errIsolate = errors.New("data error: isolating rows")
+// errIsolate ends an attempt that met a refusal of rows (failRows or
+// failUnknown) without savepoints: the batch is then written again,
+// bisecting under savepoints.
+var errIsolate = errors.New("rows refused: isolating them")
 
 // errEncoderRefused ends an attempt whose COPY data, from the sink's own
 // encoder, the server could not read: the table's column types are no
@@ -56,6 +58,9 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 		return nil
 	}
 	mode := attemptWhole
+	if w.timeouts.spent(b.ID) {
+		mode = attemptSplittingTimeouts
+	}
 	var out outcome
 	// Each attempt that ends early changes what the next one does: an
 	// encoder refusal turns the sink's own encoder off for one table (at
@@ -73,6 +78,7 @@ func (w *Writer) Write(ctx context.Context, b *record.Batch, reject RejectFunc) 
 		}
 		break
 	}
+	w.timeouts.record(b.ID, err)
 	if err == nil {
 		w.tombstonesDone(b, p, out.skip, out.rejected)
 	}
@@ -87,8 +93,12 @@ const (
 	// a data error ends the attempt with errIsolate.
 	attemptWhole attemptMode = iota
 	// attemptIsolating writes under savepoints, bisecting to the rows
-	// the database refuses, which are rejected.
+	// the database refuses, which are rejected (see failure).
 	attemptIsolating
+	// attemptSplittingTimeouts is attemptIsolating for a batch that
+	// timed out too often (timeoutBudget): a statement timeout is then
+	// the rows' fault, and a row that times out alone is rejected.
+	attemptSplittingTimeouts
 )
 
 // outcome is what a committed attempt did besides landing rows.
@@ -106,6 +116,11 @@ type txWriter struct {
 	mode     attemptMode
 	skip     map[record.TopicPartition]bool // exactly_once spans applied already: not written
 	rejected []record.Rejected
+
+	// while isolating one group: whether any of its rows landed, and the
+	// rows rejected for a failure of unknown lean (failUnknown)
+	landed   bool
+	suspects []record.Rejected
 }
 
 // attempt runs the batch's transaction once: settings, the offsets of
@@ -157,13 +172,13 @@ func (w *Writer) attempt(ctx context.Context, b *record.Batch, p *plan, reject R
 func (x *txWriter) writeGroup(ctx context.Context, g *group) error {
 	up := rowSet{g.rows, g.recs}.without(x.skip)
 	del := rowSet{g.delRows, g.delRecs}.without(x.skip)
-	if x.mode == attemptIsolating {
+	if x.mode != attemptWhole {
 		return x.isolateGroup(ctx, g, up, del)
 	}
 	if len(del.rows) > 0 {
 		err := x.w.deleteKeys(ctx, x.tx, g.t, del.rows)
-		if splittable(err) {
-			x.w.log.Debug("data error: isolating keys", "batch", x.batch, "table", g.t.name, "err", err)
+		if f := classify(err, false); err != nil && (f == failRows || f == failUnknown) {
+			x.w.log.Debug("database refused keys: isolating them", "batch", x.batch, "table", g.t.name, "err", err)
 			return errIsolate
 		}
 		if err != nil {
@@ -174,8 +189,8 @@ func (x *txWriter) writeGroup(ctx context.Context, g *group) error {
 		return nil
 	}
 	err := x.w.land(ctx, x.tx, g.t, up.rows, false)
-	if !errors.Is(err, errEncoderRefused) && splittable(err) {
-		x.w.log.Debug("data error: isolating rows", "batch", x.batch, "table", g.t.name, "err", err)
+	if f := classify(err, false); err != nil && !errors.Is(err, errEncoderRefused) && (f == failRows || f == failUnknown) {
+		x.w.log.Debug("database refused rows: isolating them", "batch", x.batch, "table", g.t.name, "err", err)
 		return errIsolate
 	}
 	return err
@@ -267,4 +282,42 @@ func (w *Writer) prelude(ctx context.Context, tx pgx.Tx, p *plan) error {
 
 func (w *Writer) usesStaging(t *target, rows int) bool {
 	return t.upsert && (rows > w.unnestMax || !t.unnestOK)
+}
+
+// timeoutBudget counts, per batch, the Writes that ended in a statement
+// timeout, so that a batch that always times out is split instead of
+// retried forever: once a batch has timed out limit times, its next Write
+// isolates rows with timeouts counted as the rows' fault
+// (attemptSplittingTimeouts). A Write that ends otherwise forgets the
+// batch. Safe for concurrent use.
+type timeoutBudget struct {
+	mu     sync.Mutex
+	limit  int
+	counts map[uint64]int // by batch ID
+}
+
+// maxTimedOut bounds the batches a timeoutBudget remembers (a batch given
+// up on, e.g. on a revoke, is never written again to be forgotten); past
+// it they are all forgotten, which costs a few more retries at worst.
+const maxTimedOut = 1024
+
+// spent says whether batch id timed out limit times already.
+func (tb *timeoutBudget) spent(id uint64) bool {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return tb.counts[id] >= tb.limit
+}
+
+// record counts a Write of batch id that ended with err.
+func (tb *timeoutBudget) record(id uint64, err error) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	if !isTimeout(err) {
+		delete(tb.counts, id)
+		return
+	}
+	if tb.counts == nil || len(tb.counts) >= maxTimedOut {
+		tb.counts = map[uint64]int{}
+	}
+	tb.counts[id]++
 }
