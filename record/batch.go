@@ -34,10 +34,10 @@ const (
 	ClassTimeout ErrorClass = "timeout"
 )
 
-// ClassSQLState is the class of a row the database refused alone, while
-// other rows landed, with a SQLSTATE outside the data classes:
-// "sqlstate_" and the code, e.g. "sqlstate_54000" (a row too large for
-// its index).
+// ClassSQLState is the class of a row the database refused alone with a
+// SQLSTATE outside the data classes (54000 always, another only when
+// other rows of its table landed): "sqlstate_" and the code, e.g.
+// "sqlstate_54000" (a row too large for its index).
 func ClassSQLState(code string) ErrorClass { return ErrorClass("sqlstate_" + code) }
 
 // Rejected is a record that will not be landed, with the reason.
