@@ -10,7 +10,9 @@ type Batch struct {
 }
 
 // ErrorClass says why a record could not be landed. It is written into every
-// dead letter and used as a metric label, so the set is small and fixed.
+// dead letter and used as a metric label, so the set is small: the
+// constants below, and ClassSQLState of the few SQLSTATEs the database
+// refuses single rows with outside the data classes.
 type ErrorClass string
 
 // The error classes.
@@ -27,7 +29,16 @@ const (
 	ClassTransient ErrorClass = "transient"
 	// ClassFenced: another process owns the partition now.
 	ClassFenced ErrorClass = "fenced"
+	// ClassTimeout: the row's statement timed out (SQLSTATE 57014) every
+	// time, alone.
+	ClassTimeout ErrorClass = "timeout"
 )
+
+// ClassSQLState is the class of a row the database refused alone with a
+// SQLSTATE outside the data classes (54000 always, another only when
+// other rows of its table landed): "sqlstate_" and the code, e.g.
+// "sqlstate_54000" (a row too large for its index).
+func ClassSQLState(code string) ErrorClass { return ErrorClass("sqlstate_" + code) }
 
 // Rejected is a record that will not be landed, with the reason.
 type Rejected struct {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ktsink/connector/record"
+	"github.com/ktsink/connector/sink/table"
 )
 
 // benchBatch builds a batch of n new bars (times after all earlier ones)
@@ -42,7 +43,7 @@ func BenchmarkWriteBars(b *testing.B) {
 	for _, writers := range []int{1, 2} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
 			e := newPGEnv(b, writers+1)
-			w := newBarsWriter(b, e, ModeUpsert, defaultUnnestMax)
+			w := newBarsWriter(b, e, table.ModeUpsert, defaultUnnestMax)
 			ctx := context.Background()
 			var next [2]int64
 			for b.Loop() {
@@ -77,7 +78,7 @@ func BenchmarkUpsertPath(b *testing.B) {
 				if path != "unnest" {
 					unnestMax = 0
 				}
-				w := newBarsWriter(b, e, ModeUpsert, unnestMax)
+				w := newBarsWriter(b, e, table.ModeUpsert, unnestMax)
 				w.cfg.NoCopyFirst = path != "copy_first"
 				if path == "staging_drop" {
 					tg := w.targets[0]

@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/ktsink/connector/sink/table"
 )
 
 // copyKind is a column type whose binary COPY form the sink writes itself.
@@ -31,22 +31,25 @@ const (
 	copyBool
 )
 
-// copyKindOf maps a Column.Type to its kind. Only exact, common spellings:
-// anything else (varchar(n), numeric, timestamp without time zone, arrays,
-// domains) stays with pgx.
-func copyKindOf(typ string) copyKind {
-	switch strings.ToLower(strings.Join(strings.Fields(typ), " ")) {
-	case "text":
+// copyKindOf is the kind of a column type. Only scalars without a
+// modifier: anything else (varchar(n), numeric, timestamp without time
+// zone, timestamptz(3), arrays, domains) stays with pgx.
+func copyKindOf(t table.Type) copyKind {
+	if t.Dims > 0 || len(t.Mods) > 0 {
+		return copyOther
+	}
+	switch t.Kind {
+	case table.KindText:
 		return copyText
-	case "timestamptz", "timestamp with time zone":
+	case table.KindTimestamptz:
 		return copyTimestamptz
-	case "double precision", "float8":
+	case table.KindFloat8:
 		return copyFloat8
-	case "bigint", "int8":
+	case table.KindInt8:
 		return copyInt8
-	case "integer", "int", "int4":
+	case table.KindInt4:
 		return copyInt4
-	case "boolean", "bool":
+	case table.KindBool:
 		return copyBool
 	}
 	return copyOther
@@ -57,10 +60,6 @@ var errCopyFallback = errors.New("value not encodable by the sink's COPY encoder
 
 // copyHeader starts a binary COPY stream: signature, flags, extension length.
 var copyHeader = []byte("PGCOPY\n\xff\r\n\x00\x00\x00\x00\x00\x00\x00\x00\x00")
-
-// microsecFromUnixEpochToY2K is PostgreSQL's timestamp epoch (2000-01-01
-// UTC) in microseconds after the Unix epoch.
-const microsecFromUnixEpochToY2K = 946_684_800 * 1_000_000
 
 // encodeCopy appends rows in PostgreSQL's binary COPY format, or returns
 // errCopyFallback when a value is not one the kinds take. Values are
@@ -80,125 +79,61 @@ func encodeCopy(buf []byte, kinds []copyKind, rows [][]any) ([]byte, error) {
 }
 
 func appendCopyValue(buf []byte, k copyKind, v any) ([]byte, error) {
-	null := binary.BigEndian.AppendUint32(buf, math.MaxUint32) // length -1
 	switch k {
 	case copyText:
-		var s string
-		switch x := v.(type) {
-		case nil:
-			return null, nil
-		case string:
-			s = x
-		case *string:
-			if x == nil {
-				return null, nil
+		return appendCopy(buf, v, func(buf []byte, s string) ([]byte, error) {
+			if len(s) > math.MaxInt32 {
+				return nil, errCopyFallback
 			}
-			s = *x
-		default:
-			return nil, errCopyFallback
-		}
-		if len(s) > math.MaxInt32 {
-			return nil, errCopyFallback
-		}
-		buf = binary.BigEndian.AppendUint32(buf, uint32(len(s)))
-		return append(buf, s...), nil
+			buf = binary.BigEndian.AppendUint32(buf, uint32(len(s)))
+			return append(buf, s...), nil
+		})
 	case copyTimestamptz:
-		var t time.Time
-		switch x := v.(type) {
-		case nil:
-			return null, nil
-		case time.Time:
-			t = x
-		case *time.Time:
-			if x == nil {
-				return null, nil
-			}
-			t = *x
-		default:
-			return nil, errCopyFallback
-		}
-		us := t.Unix()*1_000_000 + int64(t.Nanosecond())/1000 - microsecFromUnixEpochToY2K
-		buf = binary.BigEndian.AppendUint32(buf, 8)
-		return binary.BigEndian.AppendUint64(buf, uint64(us)), nil
+		return appendCopy(buf, v, func(buf []byte, t time.Time) ([]byte, error) {
+			us := t.Unix()*1_000_000 + int64(t.Nanosecond())/1000 - pgEpochMicros
+			return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(buf, 8), uint64(us)), nil
+		})
 	case copyFloat8:
-		var f float64
-		switch x := v.(type) {
-		case nil:
-			return null, nil
-		case float64:
-			f = x
-		case *float64:
-			if x == nil {
-				return null, nil
-			}
-			f = *x
-		default:
-			return nil, errCopyFallback
-		}
-		buf = binary.BigEndian.AppendUint32(buf, 8)
-		return binary.BigEndian.AppendUint64(buf, math.Float64bits(f)), nil
+		return appendCopy(buf, v, func(buf []byte, f float64) ([]byte, error) {
+			return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(buf, 8), math.Float64bits(f)), nil
+		})
 	case copyInt8:
-		var n int64
-		switch x := v.(type) {
-		case nil:
-			return null, nil
-		case int64:
-			n = x
-		case *int64:
-			if x == nil {
-				return null, nil
-			}
-			n = *x
-		default:
-			return nil, errCopyFallback
-		}
-		buf = binary.BigEndian.AppendUint32(buf, 8)
-		return binary.BigEndian.AppendUint64(buf, uint64(n)), nil
+		return appendCopy(buf, v, func(buf []byte, n int64) ([]byte, error) {
+			return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(buf, 8), uint64(n)), nil
+		})
 	case copyInt4:
-		var n int32
-		switch x := v.(type) {
-		case nil:
-			return null, nil
-		case int32:
-			n = x
-		case *int32:
-			if x == nil {
-				return null, nil
-			}
-			n = *x
-		default:
-			return nil, errCopyFallback
-		}
-		buf = binary.BigEndian.AppendUint32(buf, 4)
-		return binary.BigEndian.AppendUint32(buf, uint32(n)), nil
+		return appendCopy(buf, v, func(buf []byte, n int32) ([]byte, error) {
+			return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(buf, 4), uint32(n)), nil
+		})
 	case copyBool:
-		var b bool
-		switch x := v.(type) {
-		case nil:
-			return null, nil
-		case bool:
-			b = x
-		case *bool:
-			if x == nil {
-				return null, nil
+		return appendCopy(buf, v, func(buf []byte, b bool) ([]byte, error) {
+			if b {
+				return append(binary.BigEndian.AppendUint32(buf, 1), 1), nil
 			}
-			b = *x
-		default:
-			return nil, errCopyFallback
-		}
-		buf = binary.BigEndian.AppendUint32(buf, 1)
-		if b {
-			return append(buf, 1), nil
-		}
-		return append(buf, 0), nil
+			return append(binary.BigEndian.AppendUint32(buf, 1), 0), nil
+		})
 	}
 	return nil, errCopyFallback
+}
+
+// appendCopy appends v, a T, a *T or nil, in binary COPY form: NULL as
+// length -1, else appendT's length and bytes. A value of any other type
+// is errCopyFallback.
+func appendCopy[T any](buf []byte, v any, appendT func([]byte, T) ([]byte, error)) ([]byte, error) {
+	x, null, ok := valueOf[T](v)
+	switch {
+	case !ok:
+		return nil, errCopyFallback
+	case null:
+		return binary.BigEndian.AppendUint32(buf, math.MaxUint32), nil // length -1
+	}
+	return appendT(buf, x)
 }
 
 // copyRows copies rows into table (sanitized name in sql) with the sink's
 // own binary encoder when every value allows it, else with pgx's CopyFrom.
 func copyRows(ctx context.Context, tx pgx.Tx, t *target, id pgx.Identifier, sql string, rows [][]any) error {
-	if t.fastCopy && t.types.Load() == typesSame {
+	if t.fastCopy && t.encoderFit.Load() == typesSame {
 		if conn := tx.Conn(); conn != nil {
 			data, err := encodeCopy(make([]byte, 0, 64+len(rows)*t.rowSizeHint), t.copyKinds, rows)
 			if err == nil {
@@ -209,7 +144,7 @@ func copyRows(ctx context.Context, tx pgx.Tx, t *target, id pgx.Identifier, sql 
 					// protocol_violation for a value of the wrong
 					// size): the table's types changed under it;
 					// pgx encodes by the table's types from now on
-					t.types.Store(typesDiffer)
+					t.encoderFit.Store(typesDiffer)
 					return fmt.Errorf("%w: %w", errEncoderRefused, err)
 				}
 				return err

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/ktsink/connector/record"
+	"github.com/ktsink/connector/sink/table"
 )
 
 func TestCopyKindOf(t *testing.T) {
@@ -29,7 +30,7 @@ func TestCopyKindOf(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := copyKindOf(tc.typ); got != tc.want {
+			if got := copyKindOf(table.MustParseType(tc.typ)); got != tc.want {
 				t.Errorf("copyKindOf(%q) = %d, want %d", tc.typ, got, tc.want)
 			}
 		})
@@ -59,7 +60,7 @@ func TestCopyRoundTrip(t *testing.T) {
 		{nilS, (*time.Time)(nil), (*float64)(nil), (*int64)(nil), (*int32)(nil), (*bool)(nil)},
 		{"inf", ts, math.Inf(1), int64(math.MaxInt64), int32(math.MaxInt32), true},
 	}
-	cols := []Column{{Name: "s", Type: "text"}, {Name: "ts", Type: "timestamptz"},
+	cols := []table.Column{{Name: "s", Type: "text"}, {Name: "ts", Type: "timestamptz"},
 		{Name: "f", Type: "double precision"}, {Name: "i8", Type: "bigint"},
 		{Name: "i4", Type: "integer"}, {Name: "b", Type: "boolean"}}
 	read := func(table string) [][]any {
@@ -75,10 +76,10 @@ func TestCopyRoundTrip(t *testing.T) {
 		return out
 	}
 	var got [2][][]any
-	for k, table := range []string{"own", "pgx"} {
-		e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, table}.Sanitize()+
+	for k, name := range []string{"own", "pgx"} {
+		e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, name}.Sanitize()+
 			" (n serial, s text, ts timestamptz, f double precision, i8 bigint, i4 integer, b boolean)")
-		def := Table{Schema: e.schema, Name: table, Columns: cols, Mode: ModeInsert,
+		def := table.Table{Schema: e.schema, Name: name, Columns: cols, Mode: table.ModeInsert,
 			Decode: func(rec *record.Record, row []any) error { copy(row, rows[rec.Offset]); return nil }}
 		tg := newTarget(def)
 		if !tg.fastCopy {
@@ -95,7 +96,7 @@ func TestCopyRoundTrip(t *testing.T) {
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
-		got[k] = read(table)
+		got[k] = read(name)
 	}
 	if len(got[0]) != len(rows) || len(got[1]) != len(rows) {
 		t.Fatalf("rows: own %d, pgx %d, want %d", len(got[0]), len(got[1]), len(rows))

@@ -56,7 +56,8 @@ func (e *FencedError) Unwrap() error { return ErrFenced }
 // failure), 40P01 (deadlock), class 53 (insufficient resources) except 53400
 // (configuration_limit_exceeded, e.g. TimescaleDB's decompression limit,
 // which fails the same way every time), 57P01/57P02/57P03 (server shutting
-// down or starting), 57014 (query_canceled: statement_timeout under load)
+// down or starting), 57014 (query_canceled: statement_timeout under load; a batch that
+// times out Config.TimeoutRetries times is split instead, see failure)
 // and 55P03 (lock_not_available: lock_timeout) are retryable. Every other
 // SQLSTATE is not: the server understood the statement and refused it, and
 // would refuse it again; retrying a permanent error forever hides it, while
@@ -107,14 +108,82 @@ func IsDataError(err error) bool {
 	return ok && (code[:2] == "22" || code[:2] == "23")
 }
 
-// splittable reports whether a batch failing with err should be split to
-// find the rows at fault: data errors, and 21000 (cardinality_violation:
-// two rows of one ON CONFLICT DO UPDATE with keys the database holds equal
-// although the sink did not, e.g. numerics 1.0 and 1). Splitting keeps
-// the order, so the later of two such rows still wins.
+// failure is how a failed statement of a Write leans: what the write path
+// does about it.
+type failure uint8
+
+const (
+	// failRetry: the database or the way to it (IsRetryable); the Write
+	// fails and is retried whole by the caller. A statement timeout is
+	// one until the batch has timed out Config.TimeoutRetries times:
+	// then it is failRows (see Write).
+	failRetry failure = iota
+	// failRows: the values of the rows: data errors (IsDataError), 21000
+	// (cardinality_violation: two rows of one ON CONFLICT DO UPDATE with
+	// keys the database holds equal although the sink did not, e.g.
+	// numerics 1.0 and 1), and 54000 (program_limit_exceeded: a row too
+	// large for its index, such as an 8,000-character key). The batch is
+	// bisected in order (so the later of two equal keys still wins) down
+	// to the rows at fault, each rejected alone with the class of its
+	// error (rejectClass).
+	failRows
+	// failUnknown: any other refusal with a SQLSTATE. The lean is decided
+	// by the rows: the batch is bisected like failRows; a row that fails
+	// alone while other rows of its table land is rejected with a class
+	// naming the SQLSTATE; when every row of the table fails alone (a
+	// missing column, a revoked privilege, a datatype mismatch: the
+	// table's or the statement's fault, not a row's) the Write fails and
+	// the connector stops. Bisecting costs a statement per row, paid once
+	// before stopping; rejecting on a guess could dead-letter a whole
+	// stream over a missing GRANT.
+	failUnknown
+	// failStop: not a refusal by the database (our own errors, a fenced
+	// partition, an encoding error): the Write fails.
+	failStop
+)
+
+// classify says how err leans. With timeoutsAreRows a statement timeout
+// (57014) is failRows: the batch has timed out too often to retry it
+// whole.
+func classify(err error, timeoutsAreRows bool) failure {
+	code, ok := sqlState(err)
+	switch {
+	case code == "57014" && timeoutsAreRows:
+		return failRows
+	case IsRetryable(err):
+		return failRetry
+	case !ok:
+		return failStop
+	case IsDataError(err), code == "21000", code == "54000":
+		return failRows
+	}
+	return failUnknown
+}
+
+// splittable reports whether a batch failing with err has rows at fault
+// to isolate (failRows).
 func splittable(err error) bool {
+	return classify(err, false) == failRows
+}
+
+// isTimeout reports whether err is a statement timeout (57014).
+func isTimeout(err error) bool {
 	code, _ := sqlState(err)
-	return IsDataError(err) || code == "21000"
+	return code == "57014"
+}
+
+// rejectClass is the dead-letter class of a row that failed alone with
+// err: ClassData for the data classes (22, 23) and 21000, ClassTimeout for
+// a statement timeout, else the class naming the SQLSTATE.
+func rejectClass(err error) record.ErrorClass {
+	code, _ := sqlState(err)
+	switch {
+	case IsDataError(err), code == "21000":
+		return record.ClassData
+	case code == "57014":
+		return record.ClassTimeout
+	}
+	return record.ClassSQLState(code)
 }
 
 // sqlState returns the SQLSTATE of the PostgreSQL error in err's chain.

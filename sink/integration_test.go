@@ -13,20 +13,21 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/ktsink/connector/record"
+	"github.com/ktsink/connector/sink/table"
 )
 
 var t0 = time.Date(2024, 5, 1, 13, 30, 0, 0, time.UTC)
 
 // newBarsWriter makes a migrated Writer of one bars topic in the env's
 // schema.
-func newBarsWriter(t testing.TB, e *pgEnv, mode Mode, unnestMax int) *Writer {
+func newBarsWriter(t testing.TB, e *pgEnv, mode table.Mode, unnestMax int) *Writer {
 	t.Helper()
-	tb := Bars(e.schema, "bars")
+	tb := table.Bars(e.schema, "bars")
 	tb.Mode = mode
-	return newWriter(t, e, map[string]Table{"bars": tb}, unnestMax)
+	return newWriter(t, e, map[string]table.Table{"bars": tb}, unnestMax)
 }
 
-func newWriter(t testing.TB, e *pgEnv, tables map[string]Table, unnestMax int) *Writer {
+func newWriter(t testing.TB, e *pgEnv, tables map[string]table.Table, unnestMax int) *Writer {
 	t.Helper()
 	w, err := New(e.pool, Config{Tables: tables, Group: "g1", OffsetsSchema: e.schema, StatementTimeout: 30 * time.Second})
 	if err != nil {
@@ -73,7 +74,7 @@ func TestUpsertLandsAndUpdates(t *testing.T) {
 	for _, p := range paths {
 		t.Run(p.name, func(t *testing.T) {
 			e := newPGEnv(t, 2)
-			w := newBarsWriter(t, e, ModeUpsert, p.unnestMax)
+			w := newBarsWriter(t, e, table.ModeUpsert, p.unnestMax)
 			w.cfg.NoCopyFirst = p.noCopyFirst
 			syms := []string{"AAPL", "MSFT", "GOOG"}
 			b := barBatch(1, "bars", 0, 0, 3, func(i int) []byte { return barJSON(syms[i], t0, 10, 100) })
@@ -109,7 +110,7 @@ func TestDuplicateKeysKeepLast(t *testing.T) {
 	for _, p := range paths {
 		t.Run(p.name, func(t *testing.T) {
 			e := newPGEnv(t, 1)
-			w := newBarsWriter(t, e, ModeUpsert, p.unnestMax)
+			w := newBarsWriter(t, e, table.ModeUpsert, p.unnestMax)
 			w.cfg.NoCopyFirst = p.noCopyFirst
 			// the same key five times, written in different notations:
 			// offsets, fractions below the microsecond, epoch ms
@@ -136,14 +137,14 @@ func TestDuplicateKeysKeepLast(t *testing.T) {
 func TestInsertMode(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
-	events := Table{
+	events := table.Table{
 		Schema:  e.schema,
 		Name:    "events",
-		Columns: []Column{{Name: "symbol", Type: "text"}, {Name: "ts", Type: "timestamptz"}, {Name: "open", Type: "double precision"}, {Name: "high", Type: "double precision"}, {Name: "low", Type: "double precision"}, {Name: "close", Type: "double precision"}, {Name: "volume", Type: "bigint"}},
-		Mode:    ModeInsert,
-		Decode:  decodeBar,
+		Columns: []table.Column{{Name: "symbol", Type: "text"}, {Name: "ts", Type: "timestamptz"}, {Name: "open", Type: "double precision"}, {Name: "high", Type: "double precision"}, {Name: "low", Type: "double precision"}, {Name: "close", Type: "double precision"}, {Name: "volume", Type: "bigint"}},
+		Mode:    table.ModeInsert,
+		Decode:  table.Bars(e.schema, "events").Decode,
 	}
-	w := newWriter(t, e, map[string]Table{"events": events}, defaultUnnestMax)
+	w := newWriter(t, e, map[string]table.Table{"events": events}, defaultUnnestMax)
 	for id := range uint64(2) {
 		// the same five records twice, with a duplicate inside: all kept
 		b := barBatch(id, "events", 0, 0, 5, func(i int) []byte { return barJSON("AAPL", t0.Add(time.Duration(i%4)*time.Minute), 1, 1) })
@@ -159,7 +160,7 @@ func TestInsertMode(t *testing.T) {
 func TestDecodeRejectsAndTombstones(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
-	w := newBarsWriter(t, e, ModeUpsert, defaultUnnestMax)
+	w := newBarsWriter(t, e, table.ModeUpsert, defaultUnnestMax)
 	values := [][]byte{
 		barJSON("AAPL", t0, 1, 1),
 		[]byte(`{"symbol":"AAPL"`),
@@ -209,7 +210,7 @@ func TestDecodeRejectsAndTombstones(t *testing.T) {
 func TestExactlyOnce(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 2)
-	w := newBarsWriter(t, e, ModeExactlyOnce, defaultUnnestMax)
+	w := newBarsWriter(t, e, table.ModeExactlyOnce, defaultUnnestMax)
 	tp := record.TopicPartition{Topic: "bars", Partition: 2}
 	offsets := func() map[record.TopicPartition]int64 {
 		t.Helper()
@@ -290,7 +291,7 @@ func TestExactlyOnce(t *testing.T) {
 // poisonCase is a table with a way to make some rows fail for data reasons.
 type poisonCase struct {
 	name      string
-	table     func(schema string) Table
+	table     func(schema string) table.Table
 	setup     string // SQL run after Migrate; %s is the table
 	bad       func(i int) []byte
 	unnestMax int
@@ -300,20 +301,20 @@ func TestPoisonIsolation(t *testing.T) {
 	checkVolume := "ALTER TABLE %s ADD CONSTRAINT volume_positive CHECK (volume >= 0)"
 	negative := func(i int) []byte { return barJSON(fmt.Sprintf("S%04d", i), t0, 1, -1) }
 	tooLong := func(i int) []byte { return barJSON(fmt.Sprintf("LONGSYMBOL%04d", i), t0, 1, 1) }
-	short := func(schema string) Table {
-		tb := Bars(schema, "bars")
+	short := func(schema string) table.Table {
+		tb := table.Bars(schema, "bars")
 		tb.Columns = slices.Clone(tb.Columns)
 		tb.Columns[0].Type = "varchar(8)"
 		return tb
 	}
-	insert := func(schema string) Table {
-		tb := Bars(schema, "bars")
-		tb.Mode, tb.Key = ModeInsert, nil
+	insert := func(schema string) table.Table {
+		tb := table.Bars(schema, "bars")
+		tb.Mode, tb.Key = table.ModeInsert, nil
 		return tb
 	}
 	cases := []poisonCase{
-		{name: "check constraint, unnest", table: func(s string) Table { return Bars(s, "bars") }, setup: checkVolume, bad: negative, unnestMax: 1 << 30},
-		{name: "check constraint, staging", table: func(s string) Table { return Bars(s, "bars") }, setup: checkVolume, bad: negative, unnestMax: 0},
+		{name: "check constraint, unnest", table: func(s string) table.Table { return table.Bars(s, "bars") }, setup: checkVolume, bad: negative, unnestMax: 1 << 30},
+		{name: "check constraint, staging", table: func(s string) table.Table { return table.Bars(s, "bars") }, setup: checkVolume, bad: negative, unnestMax: 0},
 		{name: "varchar too long, unnest", table: short, bad: tooLong, unnestMax: 1 << 30},
 		{name: "varchar too long, staging", table: short, bad: tooLong, unnestMax: 0},
 		{name: "check constraint, insert mode", table: insert, setup: checkVolume, bad: negative},
@@ -322,7 +323,7 @@ func TestPoisonIsolation(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newPGEnv(t, 2)
-			w := newWriter(t, e, map[string]Table{"bars": tc.table(e.schema)}, tc.unnestMax)
+			w := newWriter(t, e, map[string]table.Table{"bars": tc.table(e.schema)}, tc.unnestMax)
 			if tc.setup != "" {
 				e.exec(t, fmt.Sprintf(tc.setup, pgx.Identifier{e.schema, "bars"}.Sanitize()))
 			}
@@ -375,7 +376,7 @@ func TestPoisonIsolation(t *testing.T) {
 func TestConcurrentWriters(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 4)
-	w := newBarsWriter(t, e, ModeExactlyOnce, 100)
+	w := newBarsWriter(t, e, table.ModeExactlyOnce, 100)
 	var wg sync.WaitGroup
 	errs := make(chan error, 4)
 	for p := range int32(4) {
@@ -422,7 +423,7 @@ func TestConcurrentWriters(t *testing.T) {
 func TestMigrate(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 2)
-	w := newBarsWriter(t, e, ModeUpsert, defaultUnnestMax) // migrates once
+	w := newBarsWriter(t, e, table.ModeUpsert, defaultUnnestMax) // migrates once
 	var wg sync.WaitGroup
 	for range 2 { // twice more, concurrently
 		wg.Go(func() {
@@ -441,8 +442,8 @@ func TestMigrate(t *testing.T) {
 
 	// an existing table that does not fit is reported, not altered
 	e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, "other"}.Sanitize()+" (symbol text, ts timestamptz, open numeric, high boolean)")
-	tb := Bars(e.schema, "other")
-	w2, err := New(e.pool, Config{Tables: map[string]Table{"t": tb}, OffsetsSchema: e.schema})
+	tb := table.Bars(e.schema, "other")
+	w2, err := New(e.pool, Config{Tables: map[string]table.Table{"t": tb}, OffsetsSchema: e.schema})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,8 +467,8 @@ func TestMigrate(t *testing.T) {
 	}
 
 	// a new schema is created
-	tb = Bars(e.schema+"_x", "bars")
-	w3, err := New(e.pool, Config{Tables: map[string]Table{"t": tb}, OffsetsSchema: e.schema})
+	tb = table.Bars(e.schema+"_x", "bars")
+	w3, err := New(e.pool, Config{Tables: map[string]table.Table{"t": tb}, OffsetsSchema: e.schema})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -508,7 +509,7 @@ func TestDataErrorFromServer(t *testing.T) {
 func TestCopyFirst(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
-	w := newBarsWriter(t, e, ModeUpsert, 0)
+	w := newBarsWriter(t, e, table.ModeUpsert, 0)
 	state := &w.targets[0].copyFirst
 	counts := func() (landed, refused, skip int) {
 		state.mu.Lock()
@@ -600,7 +601,7 @@ func TestOwnCopyEncoderOnlyWhereTypesMatch(t *testing.T) {
 		e := newPGEnv(t, 1)
 		e.exec(t, "CREATE TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+
 			" (symbol text, ts timestamptz, open numeric, high numeric, low numeric, close numeric, volume numeric, PRIMARY KEY (symbol, ts))")
-		w, err := New(e.pool, Config{Tables: map[string]Table{"bars": Bars(e.schema, "bars")}, OffsetsSchema: e.schema})
+		w, err := New(e.pool, Config{Tables: map[string]table.Table{"bars": table.Bars(e.schema, "bars")}, OffsetsSchema: e.schema})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -615,7 +616,7 @@ func TestOwnCopyEncoderOnlyWhereTypesMatch(t *testing.T) {
 	})
 	t.Run("type changed after migrate", func(t *testing.T) {
 		e := newPGEnv(t, 1)
-		w := newBarsWriter(t, e, ModeUpsert, defaultUnnestMax)
+		w := newBarsWriter(t, e, table.ModeUpsert, defaultUnnestMax)
 		e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ALTER COLUMN open TYPE numeric, ALTER COLUMN close TYPE numeric")
 		var c collector
 		if err := w.Write(ctx, barBatch(1, "bars", 0, 0, 1, func(int) []byte { return barJSON("A", t0, 1.25, 42) }), c.reject); err != nil {
@@ -635,13 +636,13 @@ func TestOwnCopyEncoderOnlyWhereTypesMatch(t *testing.T) {
 func TestEncoderRefusedWhileIsolating(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
-	a, err := Mapped(e.schema, "a", Mapping{Fields: []Field{{Column: "id", Type: "varchar(2)"}, {Column: "v", Type: "integer"}}, Key: []string{"id"}})
+	a, err := table.Mapped(e.schema, "a", table.Mapping{Fields: []table.Field{{Column: "id", Type: "varchar(2)"}, {Column: "v", Type: "integer"}}, Key: []string{"id"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bars := Bars(e.schema, "bars")
-	bars.Mode = ModeInsert
-	w := newWriter(t, e, map[string]Table{"a": a, "bars": bars}, defaultUnnestMax)
+	bars := table.Bars(e.schema, "bars")
+	bars.Mode = table.ModeInsert
+	w := newWriter(t, e, map[string]table.Table{"a": a, "bars": bars}, defaultUnnestMax)
 	e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ALTER COLUMN volume TYPE integer")
 	b := opsBatch(1, "a", [][]byte{[]byte(`{"id":"too long","v":1}`)}, [][]byte{nil})
 	bb := barBatch(1, "bars", 0, 0, 1, func(int) []byte { return barJSON("A", t0, 1.25, 42) })
@@ -665,13 +666,13 @@ func TestEncoderRefusedWhileIsolating(t *testing.T) {
 func TestEncoderRefusedByEveryTable(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
-	tables := map[string]Table{}
+	tables := map[string]table.Table{}
 	for _, n := range []string{"b1", "b2", "b3"} {
-		b := Bars(e.schema, n)
-		b.Mode = ModeInsert
+		b := table.Bars(e.schema, n)
+		b.Mode = table.ModeInsert
 		tables[n] = b
 	}
-	z, err := Mapped(e.schema, "z", Mapping{Fields: []Field{{Column: "id", Type: "varchar(2)"}}, Key: []string{"id"}})
+	z, err := table.Mapped(e.schema, "z", table.Mapping{Fields: []table.Field{{Column: "id", Type: "varchar(2)"}}, Key: []string{"id"}})
 	if err != nil {
 		t.Fatal(err)
 	}

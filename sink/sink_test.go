@@ -2,14 +2,13 @@ package sink
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/ktsink/connector/sink/table"
 )
 
 // nopDB satisfies DB for tests that never reach the database.
@@ -23,9 +22,9 @@ func (nopDB) Query(context.Context, string, ...any) (pgx.Rows, error) { panic("u
 func (nopDB) QueryRow(context.Context, string, ...any) pgx.Row        { panic("unused") }
 
 func TestNewValidates(t *testing.T) {
-	bars := Bars("public", "bars")
-	with := func(f func(*Table)) Table {
-		tb := Bars("public", "bars")
+	bars := table.Bars("public", "bars")
+	with := func(f func(*table.Table)) table.Table {
+		tb := table.Bars("public", "bars")
 		f(&tb)
 		return tb
 	}
@@ -35,24 +34,24 @@ func TestNewValidates(t *testing.T) {
 		cfg     Config
 		wantErr []string // each must appear; none: valid
 	}{
-		{name: "bars", db: nopDB{}, cfg: Config{Tables: map[string]Table{"bars": bars}}},
-		{name: "two topics one table", db: nopDB{}, cfg: Config{Tables: map[string]Table{"a": bars, "b": bars}}},
-		{name: "insert without key", db: nopDB{}, cfg: Config{Tables: map[string]Table{"a": with(func(t *Table) { t.Mode, t.Key = ModeInsert, nil })}}},
+		{name: "bars", db: nopDB{}, cfg: Config{Tables: map[string]table.Table{"bars": bars}}},
+		{name: "two topics one table", db: nopDB{}, cfg: Config{Tables: map[string]table.Table{"a": bars, "b": bars}}},
+		{name: "insert without key", db: nopDB{}, cfg: Config{Tables: map[string]table.Table{"a": with(func(t *table.Table) { t.Mode, t.Key = table.ModeInsert, nil })}}},
 		{name: "nothing", wantErr: []string{"a database is required", "no tables configured"}},
 		{
 			name: "every problem at once",
 			db:   nopDB{},
-			cfg: Config{StatementTimeout: -1, Tables: map[string]Table{
-				"a": with(func(t *Table) {
+			cfg: Config{StatementTimeout: -1, Tables: map[string]table.Table{
+				"a": with(func(t *table.Table) {
 					t.Name = ""
-					t.Columns = append(t.Columns, Column{Name: "symbol", Type: "text"}, Column{Name: "x", Type: "text; DROP TABLE bars"})
+					t.Columns = append(t.Columns, table.Column{Name: "symbol", Type: "text"}, table.Column{Name: "x", Type: "text; DROP TABLE bars"})
 					t.Key = []string{"symbol", "nope"}
 					t.Mode = "sometimes"
 					t.Decode = nil
 				}),
-				"b": with(func(t *Table) { t.Key = []string{"symbol"} }),
-				"c": with(func(t *Table) { t.Key = nil }),
-				"d": with(func(t *Table) { t.TimeColumn = "when"; t.Mode = ModeExactlyOnce }),
+				"b": with(func(t *table.Table) { t.Key = []string{"symbol"} }),
+				"c": with(func(t *table.Table) { t.Key = nil }),
+				"d": with(func(t *table.Table) { t.TimeColumn = "when"; t.Mode = table.ModeExactlyOnce }),
 			}},
 			wantErr: []string{
 				"statement timeout -1ns is negative",
@@ -71,9 +70,9 @@ func TestNewValidates(t *testing.T) {
 		{
 			name: "one table, two shapes",
 			db:   nopDB{},
-			cfg: Config{Tables: map[string]Table{
+			cfg: Config{Tables: map[string]table.Table{
 				"a": bars,
-				"b": with(func(t *Table) { t.Mode = ModeInsert }),
+				"b": with(func(t *table.Table) { t.Mode = table.ModeInsert }),
 			}},
 			wantErr: []string{`topic "b": table public.bars is configured differently`},
 		},
@@ -100,7 +99,7 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestStatements(t *testing.T) {
-	w, err := New(nopDB{}, Config{Tables: map[string]Table{"bars": Bars(`my"schema`, "bars")}})
+	w, err := New(nopDB{}, Config{Tables: map[string]table.Table{"bars": table.Bars(`my"schema`, "bars")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +121,7 @@ func TestStatements(t *testing.T) {
 }
 
 func TestCollapse(t *testing.T) {
-	w, err := New(nopDB{}, Config{Tables: map[string]Table{"bars": Bars("public", "bars")}})
+	w, err := New(nopDB{}, Config{Tables: map[string]table.Table{"bars": table.Bars("public", "bars")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,63 +146,10 @@ func TestCollapse(t *testing.T) {
 	}
 }
 
-func TestArrayParamType(t *testing.T) {
-	tests := []struct{ name, typ, want string }{
-		{"text", "text", "text[]"},
-		{"varchar keeps no length", "varchar(8)", "varchar[]"},
-		{"character varying", "character varying(8)", "character varying[]"},
-		{"char means one character", "char(8)", "bpchar[]"},
-		{"bit means one bit", "bit(8)", "varbit[]"},
-		{"numeric", "numeric(12, 4)", "numeric[]"},
-		{"modifier inside", "timestamp(3) with time zone", "timestamp with time zone[]"},
-		{"double precision", "double precision", "double precision[]"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if !typeRE.MatchString(tt.typ) {
-				t.Errorf("%q is refused", tt.typ)
-			}
-			if got := arrayParamType(tt.typ); got != tt.want {
-				t.Errorf("arrayParamType(%q) = %q, want %q", tt.typ, got, tt.want)
-			}
-		})
-	}
-}
-
 func TestColumnCollation(t *testing.T) {
-	tg := newTarget(Bars("public", "bars"))
+	tg := newTarget(table.Bars("public", "bars"))
 	want := `"symbol" text COLLATE "C", "ts" timestamptz`
 	if !strings.Contains(tg.createTable, want) {
 		t.Errorf("createTable = %s, want it to contain %s", tg.createTable, want)
-	}
-}
-
-// TestTimeColumnMustBeATime: a hypertable's time dimension is a time, and
-// a date dimension's chunks are whole days.
-func TestTimeColumnMustBeATime(t *testing.T) {
-	for _, tt := range []struct {
-		typ   string
-		chunk time.Duration
-		want  string
-	}{
-		{"text", 0, `time column "t" is text: it must be timestamptz, timestamp, date or an integer type`},
-		{"jsonb", 0, `time column "t" is jsonb`},
-		{"bigint", 0, ""},
-		{"date", 36 * time.Hour, `time column "t" is a date: the chunk interval must be whole days, not 36h0m0s`},
-		{"date", 48 * time.Hour, ""},
-		{"timestamp(3)", time.Hour, ""},
-		{"timestamptz", 0, ""},
-	} {
-		tb, err := Mapped("s", "x", Mapping{Fields: []Field{{Column: "id", Type: "text"}, {Column: "t", Type: tt.typ}}, Key: []string{"id", "t"}, TimeColumn: "t"})
-		if err == nil {
-			tb.Hypertable.ChunkInterval = tt.chunk
-			err = errors.Join(validateTable(tb)...)
-		}
-		switch {
-		case tt.want == "" && err != nil:
-			t.Errorf("%s, chunk %s: %v", tt.typ, tt.chunk, err)
-		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
-			t.Errorf("%s, chunk %s: error %v, want one containing %q", tt.typ, tt.chunk, err, tt.want)
-		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/ktsink/connector/record"
+	"github.com/ktsink/connector/sink/table"
 )
 
 // testTimescale returns TIMESCALE_URL, a database with the timescaledb
@@ -58,16 +59,16 @@ func TestTimescale(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnvAt(t, testTimescale(t), 1)
 	t.Logf("TimescaleDB %s", queryStrings(t, e, "SELECT extversion || ' on ' || version() FROM pg_extension WHERE extname = 'timescaledb'"))
-	bars := Bars(e.schema, "bars")
+	bars := table.Bars(e.schema, "bars")
 	bars.DeleteTombstones = true
-	ticks, err := Mapped(e.schema, "ticks", Mapping{Fields: []Field{{Column: "id", Type: "text"}, {Column: "t", Type: "bigint"}},
+	ticks, err := table.Mapped(e.schema, "ticks", table.Mapping{Fields: []table.Field{{Column: "id", Type: "text"}, {Column: "t", Type: "bigint"}},
 		Key: []string{"id", "t"}, TimeColumn: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tables := map[string]Table{
-		"bars": bars, "options": Options(e.schema, "options"),
-		"fundamentals": Fundamentals(e.schema, "fundamentals"), "news": News(e.schema, "news"),
+	tables := map[string]table.Table{
+		"bars": bars, "options": table.Options(e.schema, "options"),
+		"fundamentals": table.Fundamentals(e.schema, "fundamentals"), "news": table.News(e.schema, "news"),
 		"ticks": ticks, // an integer time column: left a plain table
 	}
 	w, err := New(e.pool, Config{Tables: tables, OffsetsSchema: e.schema, StatementTimeout: time.Minute})
@@ -79,7 +80,7 @@ func TestTimescale(t *testing.T) {
 			t.Fatalf("migrate, run %d: %v", i+1, err)
 		}
 	}
-	if w.timescale.Load() != tsPresent {
+	if !w.timescale.present() {
 		t.Fatal("the timescaledb extension was not detected")
 	}
 
@@ -196,8 +197,8 @@ FROM `+barsID+` GROUP BY 1, 2 ORDER BY 1, 2`)
 func TestTimescaleDefaultCompression(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnvAt(t, testTimescale(t), 1)
-	w, err := New(e.pool, Config{Tables: map[string]Table{
-		"bars": Bars(e.schema, "bars"), "fundamentals": Fundamentals(e.schema, "fundamentals"),
+	w, err := New(e.pool, Config{Tables: map[string]table.Table{
+		"bars": table.Bars(e.schema, "bars"), "fundamentals": table.Fundamentals(e.schema, "fundamentals"),
 	}, OffsetsSchema: e.schema})
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +237,7 @@ FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression' AND hyp
 func TestTimescaleIntegerHypertableByHand(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnvAt(t, testTimescale(t), 1)
-	ticks, err := Mapped(e.schema, "ticks", Mapping{Fields: []Field{{Column: "id", Type: "text"}, {Column: "t", Type: "bigint"}},
+	ticks, err := table.Mapped(e.schema, "ticks", table.Mapping{Fields: []table.Field{{Column: "id", Type: "text"}, {Column: "t", Type: "bigint"}},
 		Key: []string{"id", "t"}, TimeColumn: "t"})
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +247,7 @@ func TestTimescaleIntegerHypertableByHand(t *testing.T) {
 	e.exec(t, "CREATE TABLE "+id+" (id text, t bigint, PRIMARY KEY (id, t))")
 	e.exec(t, "SELECT create_hypertable('"+id+"', by_range('t', 1000))")
 	e.exec(t, "ALTER TABLE "+id+" SET (timescaledb.compress, timescaledb.compress_segmentby = 'id')")
-	w, err := New(e.pool, Config{Tables: map[string]Table{"ticks": ticks}, OffsetsSchema: e.schema})
+	w, err := New(e.pool, Config{Tables: map[string]table.Table{"ticks": ticks}, OffsetsSchema: e.schema})
 	if err != nil {
 		t.Fatal(err)
 	}

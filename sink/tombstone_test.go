@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/ktsink/connector/record"
+	"github.com/ktsink/connector/sink/table"
 )
 
 // TestTombstonesDeleteInOffsetOrder writes batches mixing upserts and
@@ -23,11 +24,11 @@ func TestTombstonesDeleteInOffsetOrder(t *testing.T) {
 		t.Run(fmt.Sprintf("unnest max %d", unnestMax), func(t *testing.T) {
 			ctx := context.Background()
 			e := newPGEnv(t, 1)
-			tb := Bars(e.schema, "bars")
+			tb := table.Bars(e.schema, "bars")
 			tb.DeleteTombstones = true
 			var mu sync.Mutex
 			counted := map[string]int{}
-			w, err := New(e.pool, Config{Tables: map[string]Table{"bars": tb}, OffsetsSchema: e.schema},
+			w, err := New(e.pool, Config{Tables: map[string]table.Table{"bars": tb}, OffsetsSchema: e.schema},
 				WithTombstones(func(topic, action string, n int) {
 					mu.Lock()
 					defer mu.Unlock()
@@ -109,7 +110,7 @@ func TestTombstonesSkippedAreCounted(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
 	counted := map[string]int{}
-	w, err := New(e.pool, Config{Tables: map[string]Table{"bars": Bars(e.schema, "bars")}, OffsetsSchema: e.schema},
+	w, err := New(e.pool, Config{Tables: map[string]table.Table{"bars": table.Bars(e.schema, "bars")}, OffsetsSchema: e.schema},
 		WithTombstones(func(topic, action string, n int) { counted[topic+" "+action] += n }))
 	if err != nil {
 		t.Fatal(err)
@@ -140,16 +141,16 @@ func TestTombstonesSkippedAreCounted(t *testing.T) {
 func TestMappedTableLands(t *testing.T) {
 	for _, tt := range []struct {
 		name      string
-		mode      Mode
+		mode      table.Mode
 		unnestMax int
-	}{{"unnest", ModeUpsert, defaultUnnestMax}, {"staging", ModeUpsert, 0}, {"insert", ModeInsert, 0}} {
+	}{{"unnest", table.ModeUpsert, defaultUnnestMax}, {"staging", table.ModeUpsert, 0}, {"insert", table.ModeInsert, 0}} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			e := newPGEnv(t, 1)
-			tb, err := Mapped(e.schema, "m", Mapping{
-				Fields: []Field{
+			tb, err := table.Mapped(e.schema, "m", table.Mapping{
+				Fields: []table.Field{
 					{Column: "id", Type: "varchar(8)"},
-					{Column: "ts", Type: "timestamp", TimeFormat: TimeEpochUS},
+					{Column: "ts", Type: "timestamp", TimeFormat: table.TimeEpochUS},
 					{Column: "price", Type: "numeric(12,4)"},
 					{Column: "ratio", Type: "real"},
 					{Column: "n", Type: "smallint"},
@@ -162,7 +163,7 @@ func TestMappedTableLands(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w, err := New(e.pool, Config{Tables: map[string]Table{"m": tb}, OffsetsSchema: e.schema})
+			w, err := New(e.pool, Config{Tables: map[string]table.Table{"m": tb}, OffsetsSchema: e.schema})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -238,8 +239,8 @@ func TestTombstoneRefusedDeleteIsIsolated(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			ctx := context.Background()
 			e := newPGEnv(t, 1)
-			tb, err := Mapped(e.schema, "kv", Mapping{
-				Fields: []Field{{Column: "id", Type: "text"}, {Column: "v", Type: "integer"}},
+			tb, err := table.Mapped(e.schema, "kv", table.Mapping{
+				Fields: []table.Field{{Column: "id", Type: "text"}, {Column: "v", Type: "integer"}},
 				Key:    []string{"id"},
 			})
 			if err != nil {
@@ -247,7 +248,7 @@ func TestTombstoneRefusedDeleteIsIsolated(t *testing.T) {
 			}
 			tb.DeleteTombstones = true
 			counted := map[string]int{}
-			w := newWriter(t, e, map[string]Table{"kv": tb}, p.unnestMax)
+			w := newWriter(t, e, map[string]table.Table{"kv": tb}, p.unnestMax)
 			w.cfg.NoCopyFirst = p.noCopyFirst
 			w.countTombstones = func(topic, action string, n int) { counted[topic+" "+action] += n }
 			kv := pgx.Identifier{e.schema, "kv"}.Sanitize()
@@ -285,17 +286,17 @@ END $$`, pgx.Identifier{e.schema, "refuse"}.Sanitize()))
 func TestTombstoneKeyTextPostgreSQLCannotHold(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
-	tb, err := Mapped(e.schema, "kv", Mapping{
-		Fields: []Field{{Column: "id", Type: "text"}, {Column: "v", Type: "integer"}},
+	tb, err := table.Mapped(e.schema, "kv", table.Mapping{
+		Fields: []table.Field{{Column: "id", Type: "text"}, {Column: "v", Type: "integer"}},
 		Key:    []string{"id"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tb.DeleteTombstones = true
-	bars := Bars(e.schema, "bars")
+	bars := table.Bars(e.schema, "bars")
 	bars.DeleteTombstones = true
-	w := newWriter(t, e, map[string]Table{"kv": tb, "bars": bars}, defaultUnnestMax)
+	w := newWriter(t, e, map[string]table.Table{"kv": tb, "bars": bars}, defaultUnnestMax)
 	e.exec(t, "INSERT INTO "+pgx.Identifier{e.schema, "kv"}.Sanitize()+" VALUES ('a', 1)")
 	b := opsBatch(1, "kv",
 		[][]byte{nil, nil, nil, nil},
@@ -330,9 +331,9 @@ func TestRefusedLastVersionFallsBack(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			ctx := context.Background()
 			e := newPGEnv(t, 1)
-			tb := Bars(e.schema, "bars")
+			tb := table.Bars(e.schema, "bars")
 			tb.DeleteTombstones = true
-			w := newWriter(t, e, map[string]Table{"bars": tb}, p.unnestMax)
+			w := newWriter(t, e, map[string]table.Table{"bars": tb}, p.unnestMax)
 			w.cfg.NoCopyFirst = p.noCopyFirst
 			e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "bars"}.Sanitize()+" ADD CONSTRAINT volume_positive CHECK (volume >= 0)")
 			first := barBatch(1, "bars", 0, 0, 4, func(i int) []byte { return barJSON(string(rune('A'+i)), t0, 1, 1) })
@@ -380,15 +381,15 @@ func TestKeysEqualAsTheDatabaseHoldsThem(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			ctx := context.Background()
 			e := newPGEnv(t, 1)
-			tb, err := Mapped(e.schema, "nk", Mapping{
-				Fields: []Field{{Column: "id", Type: "numeric"}, {Column: "tag", Type: "char(4)"}, {Column: "v", Type: "integer"}},
+			tb, err := table.Mapped(e.schema, "nk", table.Mapping{
+				Fields: []table.Field{{Column: "id", Type: "numeric"}, {Column: "tag", Type: "char(4)"}, {Column: "v", Type: "integer"}},
 				Key:    []string{"id", "tag"},
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			tb.DeleteTombstones = true
-			w := newWriter(t, e, map[string]Table{"nk": tb}, p.unnestMax)
+			w := newWriter(t, e, map[string]table.Table{"nk": tb}, p.unnestMax)
 			w.cfg.NoCopyFirst = p.noCopyFirst
 			b := opsBatch(1, "nk",
 				[][]byte{
@@ -420,15 +421,15 @@ func TestKeysRoundedByTheColumnType(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			ctx := context.Background()
 			e := newPGEnv(t, 1)
-			tb, err := Mapped(e.schema, "nk", Mapping{
-				Fields: []Field{{Column: "id", Type: "numeric(6,1)"}, {Column: "v", Type: "integer"}},
+			tb, err := table.Mapped(e.schema, "nk", table.Mapping{
+				Fields: []table.Field{{Column: "id", Type: "numeric(6,1)"}, {Column: "v", Type: "integer"}},
 				Key:    []string{"id"},
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			tb.DeleteTombstones = true
-			w := newWriter(t, e, map[string]Table{"nk": tb}, p.unnestMax)
+			w := newWriter(t, e, map[string]table.Table{"nk": tb}, p.unnestMax)
 			w.cfg.NoCopyFirst = p.noCopyFirst
 			e.exec(t, "ALTER TABLE "+pgx.Identifier{e.schema, "nk"}.Sanitize()+" ADD CHECK (v >= 0)")
 			b := opsBatch(1, "nk",
@@ -458,12 +459,12 @@ func TestTombstoneOfRoundedKeyDeletes(t *testing.T) {
 		t.Run(typ, func(t *testing.T) {
 			ctx := context.Background()
 			e := newPGEnv(t, 1)
-			tb, err := Mapped(e.schema, "nk", Mapping{Fields: []Field{{Column: "id", Type: typ}, {Column: "v", Type: "integer"}}, Key: []string{"id"}})
+			tb, err := table.Mapped(e.schema, "nk", table.Mapping{Fields: []table.Field{{Column: "id", Type: typ}, {Column: "v", Type: "integer"}}, Key: []string{"id"}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			tb.DeleteTombstones = true
-			w := newWriter(t, e, map[string]Table{"nk": tb}, defaultUnnestMax)
+			w := newWriter(t, e, map[string]table.Table{"nk": tb}, defaultUnnestMax)
 			id := `1.24`
 			if typ != "numeric(6,1)" {
 				id = `"2026-01-02T12:00:00.25Z"`
@@ -487,11 +488,11 @@ func TestTombstoneOfRoundedKeyDeletes(t *testing.T) {
 func TestArrayKeysThatDiffer(t *testing.T) {
 	ctx := context.Background()
 	e := newPGEnv(t, 1)
-	tb, err := Mapped(e.schema, "arr", Mapping{Fields: []Field{{Column: "tags", Type: "text[]"}, {Column: "v", Type: "integer"}}, Key: []string{"tags"}})
+	tb, err := table.Mapped(e.schema, "arr", table.Mapping{Fields: []table.Field{{Column: "tags", Type: "text[]"}, {Column: "v", Type: "integer"}}, Key: []string{"tags"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWriter(t, e, map[string]Table{"arr": tb}, defaultUnnestMax)
+	w := newWriter(t, e, map[string]table.Table{"arr": tb}, defaultUnnestMax)
 	var c collector
 	b := opsBatch(1, "arr", [][]byte{[]byte(`{"tags":["a b"],"v":1}`), []byte(`{"tags":["a","b"],"v":2}`), []byte(`{"tags":["a","b"],"v":3}`)}, [][]byte{nil, nil, nil})
 	if err := w.Write(ctx, b, c.reject); err != nil {

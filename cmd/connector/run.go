@@ -14,6 +14,7 @@ import (
 	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/metrics"
 	"github.com/ktsink/connector/sink"
+	"github.com/ktsink/connector/sink/table"
 	"github.com/ktsink/connector/wal"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -120,28 +121,28 @@ func redactErr(err error, url string) error {
 // tablesFor builds the sink's table of every configured topic, reporting
 // every problem (such as a column type a mapping cannot fill) at once as a
 // usage error.
-func tablesFor(cfg config.Config) (map[string]sink.Table, error) {
-	tables := map[string]sink.Table{}
+func tablesFor(cfg config.Config) (map[string]table.Table, error) {
+	tables := map[string]table.Table{}
 	var errs []error
 	for i, t := range cfg.Topics {
-		var tab sink.Table
+		var tab table.Table
 		switch t.Kind {
 		case "bars":
-			tab = sink.Bars(cfg.Postgres.Schema, t.Table)
+			tab = table.Bars(cfg.Postgres.Schema, t.Table)
 		case "options":
-			tab = sink.Options(cfg.Postgres.Schema, t.Table)
+			tab = table.Options(cfg.Postgres.Schema, t.Table)
 		case "fundamentals":
-			tab = sink.Fundamentals(cfg.Postgres.Schema, t.Table)
+			tab = table.Fundamentals(cfg.Postgres.Schema, t.Table)
 		case "news":
-			tab = sink.News(cfg.Postgres.Schema, t.Table)
+			tab = table.News(cfg.Postgres.Schema, t.Table)
 		case "":
-			fields := make([]sink.Field, len(t.Columns))
+			fields := make([]table.Field, len(t.Columns))
 			for j, c := range t.Columns {
-				fields[j] = sink.Field{Column: c.Name, Type: c.Type, Path: c.Path, TimeFormat: string(c.TimeFormat), Required: c.Required}
+				fields[j] = table.Field{Column: c.Name, Type: c.Type, Path: c.Path, TimeFormat: c.TimeFormat, Required: c.Required}
 			}
 			var err error
-			tab, err = sink.Mapped(cfg.Postgres.Schema, t.Table, sink.Mapping{
-				Fields: fields, Key: t.Key, TimeColumn: t.TimeColumn, Mode: sink.Mode(t.Mode),
+			tab, err = table.Mapped(cfg.Postgres.Schema, t.Table, table.Mapping{
+				Fields: fields, Key: t.Key, TimeColumn: t.TimeColumn, Mode: t.Mode,
 			})
 			if err != nil {
 				errs = append(errs, fmt.Errorf("topics[%d] (topic %s, table %s): %w", i, t.Name, t.Table, err))
@@ -151,7 +152,7 @@ func tablesFor(cfg config.Config) (map[string]sink.Table, error) {
 			errs = append(errs, fmt.Errorf("topics[%d] (topic %s): unknown kind %q", i, t.Name, t.Kind))
 			continue
 		}
-		tab.Mode = sink.Mode(t.Mode)
+		tab.Mode = t.Mode
 		if t.AppendOnly {
 			tab.Key = nil // no unique key: every record is a new row
 		}

@@ -36,6 +36,7 @@ import (
 	"github.com/ktsink/connector/loadgen"
 	"github.com/ktsink/connector/record"
 	"github.com/ktsink/connector/sink"
+	"github.com/ktsink/connector/sink/table"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -458,8 +459,8 @@ func (w *world) ceiling(ctx context.Context, schema string, n int64, staged bool
 		return 0, err
 	}
 	defer pool.Close()
-	tab := sink.Bars(schema, "bars")
-	sw, err := sink.New(pool, sink.Config{Tables: map[string]sink.Table{"bars": tab}, OffsetsSchema: schema, NoCopyFirst: staged})
+	tab := table.Bars(schema, "bars")
+	sw, err := sink.New(pool, sink.Config{Tables: map[string]table.Table{"bars": tab}, OffsetsSchema: schema, NoCopyFirst: staged})
 	if err != nil {
 		return 0, err
 	}

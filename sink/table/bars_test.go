@@ -1,4 +1,4 @@
-package sink
+package table
 
 import (
 	"encoding/json"
@@ -131,7 +131,7 @@ func TestDecodeBar(t *testing.T) {
 
 func TestBarsTable(t *testing.T) {
 	tb := Bars("md", "bars")
-	if errs := validateTable(tb); len(errs) > 0 {
+	if errs := tb.Validate(); len(errs) > 0 {
 		t.Fatal(errs)
 	}
 }

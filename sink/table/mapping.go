@@ -1,4 +1,4 @@
-package sink
+package table
 
 import (
 	"bytes"
@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/record"
 )
 
@@ -31,81 +33,20 @@ type Field struct {
 	// TimeAuto (default: an RFC 3339 string or an integer of epoch
 	// milliseconds), TimeRFC3339, TimeEpochS, TimeEpochMS, TimeEpochUS.
 	// Epoch numbers may carry a decimal fraction, down to the microsecond.
-	TimeFormat string
+	TimeFormat config.TimeFormat
 	// Required makes a missing or null value a decode error. Key columns
 	// are always required; other columns take NULL.
 	Required bool
 }
 
-// The time formats of a Field.
+// The time formats of a Field: config's, and TimeAuto for none.
 const (
-	TimeAuto    = ""
-	TimeRFC3339 = "rfc3339"
-	TimeEpochS  = "epoch_s"
-	TimeEpochMS = "epoch_ms"
-	TimeEpochUS = "epoch_us"
+	TimeAuto    config.TimeFormat = ""
+	TimeRFC3339                   = config.TimeRFC3339
+	TimeEpochS                    = config.TimeEpochS
+	TimeEpochMS                   = config.TimeEpochMS
+	TimeEpochUS                   = config.TimeEpochUS
 )
-
-// valueKind is the family of a column type, which says what Go value a
-// JSON value becomes.
-type valueKind uint8
-
-const (
-	vText      valueKind = iota + 1 // string
-	vNumeric                        // pgtype.Numeric (exact)
-	vFloat                          // float64
-	vInt16                          // int16
-	vInt32                          // int32
-	vInt64                          // int64
-	vBool                           // bool
-	vTimestamp                      // time.Time, UTC
-	vDate                           // time.Time, UTC midnight
-	vJSON                           // []byte of JSON text
-	vTextArray                      // []string
-)
-
-// kindOfType returns the family of a column type, false when the mapping
-// decoder has no conversion for it.
-func kindOfType(typ string) (valueKind, bool) {
-	t := strings.ToLower(strings.Join(strings.Fields(typ), " "))
-	array := false
-	if base, ok := strings.CutSuffix(t, "[]"); ok {
-		t, array = strings.TrimSpace(base), true
-	}
-	t = strings.TrimSpace(typmodRE.ReplaceAllString(t, ""))
-	var k valueKind
-	switch t {
-	case "text", "varchar", "character varying", "char", "character", "bpchar":
-		k = vText
-	case "numeric", "decimal":
-		k = vNumeric
-	case "double precision", "float8", "float", "real", "float4":
-		k = vFloat
-	case "smallint", "int2":
-		k = vInt16
-	case "integer", "int", "int4":
-		k = vInt32
-	case "bigint", "int8":
-		k = vInt64
-	case "boolean", "bool":
-		k = vBool
-	case "timestamptz", "timestamp with time zone", "timestamp", "timestamp without time zone":
-		k = vTimestamp
-	case "date":
-		k = vDate
-	case "jsonb", "json":
-		k = vJSON
-	default:
-		return 0, false
-	}
-	if array {
-		if k != vText {
-			return 0, false
-		}
-		return vTextArray, true
-	}
-	return k, true
-}
 
 // Mapping describes a table whose rows are read from JSON values by path:
 // the generic mapping of the configuration, and the built-in kinds other
@@ -141,13 +82,14 @@ func Mapped(schema, name string, m Mapping) (Table, error) {
 	dec := &mapDecoder{fields: make([]mapField, len(m.Fields))}
 	for i, f := range m.Fields {
 		cols[i] = Column{Name: f.Column, Type: f.Type}
-		k, ok := kindOfType(f.Type)
+		ty, err := ParseType(f.Type)
+		ok := err == nil && fillable(ty)
 		if !ok {
 			errs = append(errs, fmt.Errorf("column %q: type %q is not one a mapping can fill (text, varchar, numeric, double precision, real, smallint, integer, bigint, boolean, timestamptz, timestamp, date, jsonb, json, text[])", f.Column, f.Type))
 		}
 		switch f.TimeFormat {
 		case TimeAuto, TimeRFC3339, TimeEpochS, TimeEpochMS, TimeEpochUS:
-			if f.TimeFormat != TimeAuto && ok && k != vTimestamp && k != vDate {
+			if f.TimeFormat != TimeAuto && ok && !ty.IsTime() {
 				errs = append(errs, fmt.Errorf("column %q: a time format applies to timestamp and date columns, not %s", f.Column, f.Type))
 			}
 		default:
@@ -166,8 +108,8 @@ func Mapped(schema, name string, m Mapping) (Table, error) {
 			segs = append(segs, s)
 		}
 		dec.fields[i] = mapField{
-			col: f.Column, path: path, segs: segs, kind: k, format: f.TimeFormat,
-			required: f.Required || containsString(m.Key, f.Column),
+			col: f.Column, path: path, segs: segs, typ: ty, format: f.TimeFormat,
+			required: f.Required || slices.Contains(m.Key, f.Column),
 		}
 	}
 	t := Table{
@@ -188,26 +130,15 @@ func Mapped(schema, name string, m Mapping) (Table, error) {
 		}
 		t.DecodeKey = kd.decode
 	}
-	for _, e := range validateTable(t) {
-		errs = append(errs, e)
-	}
+	errs = append(errs, t.Validate()...)
 	return t, errors.Join(errs...)
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 type mapField struct {
 	col, path string
 	segs      []string
-	kind      valueKind
-	format    string
+	typ       Type
+	format    config.TimeFormat
 	required  bool
 }
 
@@ -304,112 +235,148 @@ func (f *mapField) read(root map[string]any) (any, error) {
 	return out, nil
 }
 
+// fillable says whether a mapping can fill a column of type t: one of
+// the kinds listed at Mapped, or an array of text.
+func fillable(t Type) bool {
+	switch t.Dims {
+	case 0:
+		return t.Kind != KindOther
+	case 1:
+		return Type{Kind: t.Kind}.IsText()
+	}
+	return false
+}
+
+// convert turns a decoded JSON value into the Go value of the field's
+// column type.
 func (f *mapField) convert(v any) (any, error) {
-	switch f.kind {
-	case vText:
-		switch x := v.(type) {
-		case string:
-			if err := storableText(x); err != nil {
-				return nil, err
-			}
-			return x, nil
-		case json.Number:
-			return string(x), nil
-		case bool:
-			return strconv.FormatBool(x), nil
-		}
-		return nil, wantGot("a string", v)
-	case vNumeric:
+	if f.typ.Dims > 0 {
+		return textArray(v)
+	}
+	switch f.typ.Kind {
+	case KindText, KindVarchar, KindChar:
+		return text(v)
+	case KindNumeric:
 		s, ok := numberText(v)
 		if !ok {
 			return nil, wantGot("a number", v)
 		}
 		return parseNumeric(s)
-	case vFloat:
-		s, ok := numberText(v)
-		if !ok {
-			return nil, wantGot("a number", v)
-		}
-		x, err := strconv.ParseFloat(s, 64)
-		if err != nil && !errors.Is(err, strconv.ErrRange) {
-			return nil, fmt.Errorf("want a number, got %q", s)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("number %s is out of range", s)
-		}
-		return x, nil
-	case vInt16, vInt32, vInt64:
-		s, ok := numberText(v)
-		if !ok {
-			return nil, wantGot("an integer", v)
-		}
-		bits := map[valueKind]int{vInt16: 16, vInt32: 32, vInt64: 64}[f.kind]
-		n, err := strconv.ParseInt(s, 10, bits)
-		if errors.Is(err, strconv.ErrRange) {
-			return nil, fmt.Errorf("integer %s is out of range for %d bits", s, bits)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("want an integer, got %q", s)
-		}
-		switch f.kind {
-		case vInt16:
-			return int16(n), nil
-		case vInt32:
-			return int32(n), nil
-		}
-		return n, nil
-	case vBool:
+	case KindFloat8, KindFloat4:
+		return float(v)
+	case KindInt2:
+		return integer(v, 16, func(n int64) any { return int16(n) })
+	case KindInt4:
+		return integer(v, 32, func(n int64) any { return int32(n) })
+	case KindInt8:
+		return integer(v, 64, func(n int64) any { return n })
+	case KindBool:
 		if b, ok := v.(bool); ok {
 			return b, nil
 		}
 		return nil, wantGot("true or false", v)
-	case vTimestamp:
+	case KindTimestamptz, KindTimestamp:
 		return readTime(v, f.format)
-	case vDate:
-		if s, ok := v.(string); ok && (f.format == TimeAuto) && len(s) == len(time.DateOnly) {
-			d, err := time.Parse(time.DateOnly, s)
-			if err != nil {
-				return nil, fmt.Errorf("want a date (2006-01-02), got %q", s)
-			}
-			return d, nil
-		}
-		t, err := readTime(v, f.format)
-		if err != nil {
-			return nil, err
-		}
-		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC), nil
-	case vJSON:
+	case KindDate:
+		return readDate(v, f.format)
+	case KindJSON, KindJSONB:
 		b, err := json.Marshal(v)
 		if err != nil {
 			return nil, err
 		}
 		return b, nil
-	case vTextArray:
-		arr, ok := v.([]any)
-		if !ok {
-			return nil, wantGot("an array of strings", v)
-		}
-		out := make([]string, len(arr))
-		for i, e := range arr {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("element %d: %w", i, wantGot("a string", e))
-			}
-			if err := storableText(s); err != nil {
-				return nil, fmt.Errorf("element %d: %w", i, err)
-			}
-			out[i] = s
-		}
-		return out, nil
 	}
 	return nil, fmt.Errorf("no conversion for column type")
 }
 
+func text(v any) (any, error) {
+	switch x := v.(type) {
+	case string:
+		if err := storableText(x); err != nil {
+			return nil, err
+		}
+		return x, nil
+	case json.Number:
+		return string(x), nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	}
+	return nil, wantGot("a string", v)
+}
+
+func float(v any) (any, error) {
+	s, ok := numberText(v)
+	if !ok {
+		return nil, wantGot("a number", v)
+	}
+	x, err := strconv.ParseFloat(s, 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return nil, fmt.Errorf("want a number, got %q", s)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("number %s is out of range", s)
+	}
+	return x, nil
+}
+
+// integer reads an integer of the given bits, which as makes the Go
+// value of the column's width.
+func integer(v any, bits int, as func(int64) any) (any, error) {
+	s, ok := numberText(v)
+	if !ok {
+		return nil, wantGot("an integer", v)
+	}
+	n, err := strconv.ParseInt(s, 10, bits)
+	if errors.Is(err, strconv.ErrRange) {
+		return nil, fmt.Errorf("integer %s is out of range for %d bits", s, bits)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("want an integer, got %q", s)
+	}
+	return as(n), nil
+}
+
+// readDate reads a date: "2006-01-02", or a time per format, at UTC
+// midnight.
+func readDate(v any, format config.TimeFormat) (any, error) {
+	if s, ok := v.(string); ok && (format == TimeAuto) && len(s) == len(time.DateOnly) {
+		d, err := time.Parse(time.DateOnly, s)
+		if err != nil {
+			return nil, fmt.Errorf("want a date (2006-01-02), got %q", s)
+		}
+		return d, nil
+	}
+	t, err := readTime(v, format)
+	if err != nil {
+		return nil, err
+	}
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC), nil
+}
+
+func textArray(v any) (any, error) {
+	arr, ok := v.([]any)
+	if !ok {
+		return nil, wantGot("an array of strings", v)
+	}
+	out := make([]string, len(arr))
+	for i, e := range arr {
+		s, ok := e.(string)
+		if !ok {
+			return nil, fmt.Errorf("element %d: %w", i, wantGot("a string", e))
+		}
+		if err := storableText(s); err != nil {
+			return nil, fmt.Errorf("element %d: %w", i, err)
+		}
+		out[i] = s
+	}
+	return out, nil
+}
+
 // readTime reads a timestamp per format.
-func readTime(v any, format string) (time.Time, error) {
+func readTime(v any, format config.TimeFormat) (time.Time, error) {
 	if s, ok := v.(string); ok {
 		if format != TimeAuto && format != TimeRFC3339 {
-			return time.Time{}, wantGot("a number of "+strings.TrimPrefix(format, "epoch_"), v)
+			return time.Time{}, wantGot("a number of "+strings.TrimPrefix(string(format), "epoch_"), v)
 		}
 		t, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil {
@@ -425,7 +392,7 @@ func readTime(v any, format string) (time.Time, error) {
 		}
 		return time.Time{}, wantGot(want, v)
 	}
-	unit := map[string]int64{TimeAuto: 1e6, TimeEpochS: 1e9, TimeEpochMS: 1e6, TimeEpochUS: 1e3}[format]
+	unit := map[config.TimeFormat]int64{TimeAuto: 1e6, TimeEpochS: 1e9, TimeEpochMS: 1e6, TimeEpochUS: 1e3}[format]
 	t, err := epoch(string(n), unit, format == TimeAuto)
 	if err != nil {
 		return time.Time{}, err
@@ -573,7 +540,7 @@ func (k *keyDecoder) decode(key []byte, row []any) error {
 	if len(key) == 0 {
 		return errors.New("the record has no key: a tombstone deletes by its key")
 	}
-	if len(k.idx) == 1 && k.dec.fields[k.idx[0]].kind == vText {
+	if len(k.idx) == 1 && k.dec.fields[k.idx[0]].typ.IsText() {
 		var s string
 		switch {
 		case key[0] == '{':

@@ -1,4 +1,4 @@
-package sink
+package table
 
 import (
 	"fmt"
@@ -154,18 +154,3 @@ func mustMapped(schema, name string, m Mapping, h Hypertable) Table {
 	t.Hypertable = h
 	return t
 }
-
-// barsKey decodes the Kafka key of a bars tombstone:
-// {"symbol": "AAPL", "ts": "2024-05-01T13:30:00Z"}.
-var barsKey = func() func([]byte, []any) error {
-	t := mustMapped("s", "bars", Mapping{
-		Fields: []Field{
-			{Column: "symbol", Type: "text"}, {Column: "ts", Type: "timestamptz"},
-			{Column: "open", Type: "double precision"}, {Column: "high", Type: "double precision"},
-			{Column: "low", Type: "double precision"}, {Column: "close", Type: "double precision"},
-			{Column: "volume", Type: "bigint"},
-		},
-		Key: []string{"symbol", "ts"}, TimeColumn: "ts",
-	}, Hypertable{})
-	return t.DecodeKey
-}()
