@@ -27,7 +27,6 @@ type world struct {
 	lastLanded map[record.TopicPartition]int64
 	writing    map[record.TopicPartition]bool
 	committed  map[record.TopicPartition]int64
-	events     []string
 	walState   map[uint64]string
 	walSpans   map[uint64][]record.Span
 	nextID     uint64

@@ -99,9 +99,6 @@ func (t *tracker) register(off int64) {
 	t.done = append(t.done, false)
 }
 
-// idle says whether no registered record is waiting.
-func (t *tracker) idle() bool { return t.head == len(t.offs) }
-
 // complete marks off done and advances the committable offset.
 func (t *tracker) complete(off int64, epoch int32) {
 	live := t.offs[t.head:]
