@@ -23,8 +23,8 @@ func (c *Coordinator) wakeCommitter() {
 // Committable returns the position to commit of every owned partition
 // whose committable offset moved past what was committed: one past the
 // contiguous prefix of its records that landed or are durably in the dead
-// letters. Partitions being released are left to Revoke, and handed over or
-// fenced ones are never reported.
+// letters. Partitions being released are left to Revoke, and handed over
+// ones are never reported.
 func (c *Coordinator) Committable() map[record.TopicPartition]record.Position {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -150,10 +150,14 @@ func WithMetrics(m *metrics.Metrics) Option { return func(c *Coordinator) { c.m 
 // breaker). Errors it does not accept stop the coordinator. Default: none.
 func WithRetryable(f func(error) bool) Option { return func(c *Coordinator) { c.retryable = f } }
 
-// WithFenced says which sink errors mean another process owns a partition
-// of the batch now: the batch is abandoned and its partitions are not
-// committed by this process.
-func WithFenced(f func(error) bool) Option { return func(c *Coordinator) { c.fenced = f } }
+// WithFenced says which sink errors mean another process wrote a
+// partition of the batch first (exactly_once's offsets row did not hold
+// the offset the batch starts at), and returns the partition and the next
+// offset the database holds for it. The partition goes on from there (see
+// refence); the rest of the batch is written.
+func WithFenced(f func(error) (tp record.TopicPartition, stored int64, ok bool)) Option {
+	return func(c *Coordinator) { c.fenced = f }
+}
 
 // WithOffsetStore sets where the offsets stored with the rows
 // (exactly_once mode) are read at assignment. Default: none.
@@ -181,7 +185,7 @@ type Coordinator struct {
 	log       *slog.Logger
 	m         *metrics.Metrics
 	retryable func(error) bool
-	fenced    func(error) bool
+	fenced    func(error) (record.TopicPartition, int64, bool)
 	hooks     Hooks
 	retry     *retrier
 	drops     *dropper
@@ -212,7 +216,7 @@ func New(cfg Config, sink Sink, wal WAL, dlq DeadLetters, opts ...Option) (*Coor
 		cfg: cfg, sink: sink, wal: wal, dlq: dlq,
 		log:          slog.New(slog.DiscardHandler),
 		retryable:    func(error) bool { return false },
-		fenced:       func(error) bool { return false },
+		fenced:       func(error) (record.TopicPartition, int64, bool) { return record.TopicPartition{}, 0, false },
 		q:            newQueue(cfg),
 		parts:        map[record.TopicPartition]*partition{},
 		inflightDone: make(chan struct{}),

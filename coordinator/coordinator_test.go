@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -1352,49 +1353,119 @@ func TestRevokeCommitsWhatLandedBeforeCancelling(t *testing.T) {
 // process owns its exactly_once partitions) is given up: not landed, not
 // committed, counted, and the dead letters are told to forget it; the
 // worker goes on.
-func TestFencedBatchIsAbandoned(t *testing.T) {
+// TestFenceGoesOnFromTheStoredOffset: a batch the sink reports fenced
+// (another process advanced the partition's offsets row first) lands
+// nothing of that partition below the stored offset; its records from the
+// stored offset on land in a new batch, with the rest of the partition's
+// records, and the partition is committed through (a fence never stalls
+// it); the other partitions of the batch land as usual.
+func TestFenceGoesOnFromTheStoredOffset(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		stored int64 // what the other process wrote up to, in the first batch's span [0, 10)
+	}{
+		{name: "the whole span written by the other process", stored: 10},
+		{name: "part of the span written by the other process", stored: 4},
+		{name: "past what was read", stored: 15},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			errFence := errors.New("fenced")
+			tps := partitions(2)
+			var once sync.Once
+			entered := make(chan struct{})
+			w.entered = func(*record.Batch) { once.Do(func() { close(entered) }) }
+			fencedOnce := false
+			w.fail = func(b *record.Batch, _ int) error {
+				if !fencedOnce && slices.ContainsFunc(b.Spans, func(sp record.Span) bool { return sp.TopicPartition == tps[0] }) {
+					fencedOnce = true
+					// the other process's rows: the world counts them landed
+					w.mu.Lock()
+					for o := int64(0); o < tt.stored; o++ {
+						if w.landed[tps[0]] == nil {
+							w.landed[tps[0]] = map[int64]bool{}
+						}
+						w.landed[tps[0]][o] = true
+					}
+					w.lastLanded[tps[0]] = tt.stored - 1
+					w.mu.Unlock()
+					return errFence
+				}
+				return nil
+			}
+			cfg := testConfig()
+			cfg.Workers = 1
+			c := newCoord(t, w, cfg, WithFenced(func(err error) (record.TopicPartition, int64, bool) {
+				return tps[0], tt.stored, errors.Is(err, errFence)
+			}))
+			assign(t, c, tps)
+			wait := runCoord(t, c, w)
+			w.hold = make(chan struct{})
+			if err := c.Submit(context.Background(), append(recordsOf(tps[0], 0, 10), recordsOf(tps[1], 0, 10)...)); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, entered, "the first batch's write")
+			if err := c.Submit(context.Background(), recordsOf(tps[0], 10, 10)); err != nil {
+				t.Fatal(err)
+			}
+			close(w.hold)
+			if err := wait(); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			w.check()
+			for o := int64(0); o < 20; o++ {
+				if !w.landed[tps[0]][o] {
+					t.Errorf("%s@%d neither written by the other process nor landed", tps[0], o)
+				}
+			}
+			if w.committed[tps[0]] != 20 {
+				t.Errorf("fenced partition committed %d, want 20: a fence must not stall it", w.committed[tps[0]])
+			}
+			if len(w.landed[tps[1]]) != 10 || w.committed[tps[1]] != 10 {
+				t.Errorf("other partition: %d landed, committed %d; want 10 and 10", len(w.landed[tps[1]]), w.committed[tps[1]])
+			}
+			if n := testutil.ToFloat64(c.m.BatchesAbandoned.WithLabelValues("fenced")); n != 1 {
+				t.Errorf(`ktsink_batches_abandoned_total{reason="fenced"} = %v, want 1`, n)
+			}
+			if st := c.Status(); st.QueueSize != 0 || st.HeldBytes != 0 {
+				t.Errorf("after the drain: %d records and %d bytes held, want none", st.QueueSize, st.HeldBytes)
+			}
+		})
+	}
+}
+
+// TestFenceBehindTheBatchStops: an offsets row that holds an offset behind
+// the batch (moved back, or gone) cannot be gone on from without reading
+// the partition again: the worker stops with an error naming the
+// partition, and nothing of it is committed.
+func TestFenceBehindTheBatchStops(t *testing.T) {
 	w := newWorld(t)
 	errFence := errors.New("fenced")
-	tps := partitions(2)
-	w.fail = func(b *record.Batch, _ int) error {
-		if b.Spans[0].TopicPartition == tps[0] {
-			return errFence
+	tps := partitions(1)
+	w.fail = func(*record.Batch, int) error { return errFence }
+	c := newCoord(t, w, testConfig(), WithFenced(func(err error) (record.TopicPartition, int64, bool) {
+		return tps[0], -1, errors.Is(err, errFence)
+	}))
+	starts := assignAt(t, c, w, tps[0], 5, 5)
+	_ = starts
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(context.Background()) }()
+	if err := c.Submit(context.Background(), recordsOf(tps[0], 5, 10)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), tps[0].String()) {
+			t.Fatalf("Run = %v, want an error naming %s", err, tps[0])
 		}
-		return nil
+	case <-time.After(5 * time.Second):
+		t.Fatal("a fence behind the batch did not stop the worker")
 	}
-	cfg := testConfig()
-	cfg.Workers = 1
-	entered := make(chan struct{})
-	var once sync.Once
-	w.entered = func(*record.Batch) { once.Do(func() { close(entered) }) }
-	c := newCoord(t, w, cfg, WithFenced(func(err error) bool { return errors.Is(err, errFence) }))
-	assign(t, c, tps)
-	wait := runCoord(t, c, w)
-	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
+	if err := w.commitFrom(c); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, entered, "the fenced batch's write") // the next records make a batch of their own
-	if err := c.Submit(context.Background(), recordsOf(tps[1], 0, 10)); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait(); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	w.check()
-	if n := len(w.landed[tps[0]]); n != 0 {
-		t.Errorf("%d records of the fenced partition landed", n)
-	}
-	if off, ok := w.committed[tps[0]]; ok {
-		t.Errorf("fenced partition committed at %d", off)
-	}
-	if len(w.landed[tps[1]]) != 10 || w.committed[tps[1]] != 10 {
-		t.Errorf("other partition: %d landed, committed %d; want 10 and 10", len(w.landed[tps[1]]), w.committed[tps[1]])
-	}
-	if n := len(w.forgotten[tps[0]]); n != 10 {
-		t.Errorf("the dead letters were told to forget %d records of the fenced batch, want 10", n)
-	}
-	if n := testutil.ToFloat64(c.m.BatchesAbandoned.WithLabelValues("fenced")); n != 1 {
-		t.Errorf(`ktsink_batches_abandoned_total{reason="fenced"} = %v, want 1`, n)
+	if w.commits != 0 {
+		t.Fatalf("%d commits", w.commits)
 	}
 }
 

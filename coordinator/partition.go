@@ -22,9 +22,6 @@ const (
 	// batch may write it any more (its next owner may have written newer
 	// values already) and nothing of it is committed.
 	handedOver
-	// fenced: the database says another process owns it (exactly_once):
-	// nothing of it is written or committed any more.
-	fenced
 )
 
 func (p phase) String() string {
@@ -35,8 +32,6 @@ func (p phase) String() string {
 		return "releasing"
 	case handedOver:
 		return "handed_over"
-	case fenced:
-		return "fenced"
 	}
 	return "unknown"
 }
@@ -119,6 +114,25 @@ func (t *tracker) complete(off int64, epoch int32) {
 		copy(t.done, t.done[t.head:])
 		t.offs, t.done = t.offs[:n], t.done[:n]
 		t.head = 0
+	}
+}
+
+// restartAt forgets the registered records before off (the database holds
+// them, written by another process) and makes off the committable offset,
+// or past it the records after it already done.
+func (t *tracker) restartAt(off int64) {
+	var offs []int64
+	var done []bool
+	for i := t.head; i < len(t.offs); i++ {
+		if t.offs[i] >= off {
+			offs, done = append(offs, t.offs[i]), append(done, t.done[i])
+		}
+	}
+	t.offs, t.done, t.head = offs, done, 0
+	t.committable = max(t.committable, off)
+	for t.head < len(t.offs) && t.done[t.head] {
+		t.committable = t.offs[t.head] + 1
+		t.head++
 	}
 }
 

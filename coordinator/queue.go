@@ -109,6 +109,23 @@ func (l *lane) remove(tp record.TopicPartition) (removed int, bytes int64) {
 	return removed, bytes
 }
 
+// removeBefore takes the records of tp before off out of the lane and
+// returns how many, and their bytes.
+func (l *lane) removeBefore(tp record.TopicPartition, off int64) (removed int, bytes int64) {
+	kept := l.q[:l.head]
+	for _, it := range l.q[l.head:] {
+		if it.rec.TP() == tp && it.rec.Offset < off {
+			removed++
+			bytes += it.size
+			continue
+		}
+		kept = append(kept, it)
+	}
+	clear(l.q[len(kept):])
+	l.q = kept
+	return removed, bytes
+}
+
 // queue is the bounded queue: one lane per worker, the records queued
 // over all of them, and the record bytes held (queued, in batches being
 // written, dropped and waiting for their dead letters), with hysteresis
@@ -170,6 +187,23 @@ func (q *queue) push(l *lane, it item) (pausedNow bool) {
 		return true
 	}
 	return false
+}
+
+// requeue puts items back at the front of a lane, in order (records of a
+// batch that must be written again): queued, and held anew (their batch
+// lets go of its bytes when it ends).
+func (q *queue) requeue(l *lane, items []item) {
+	if len(items) == 0 {
+		return
+	}
+	l.q = append(items, l.q[l.head:]...)
+	l.head = 0
+	for _, it := range items {
+		q.depth++
+		q.queued += it.size
+		q.held += it.size
+	}
+	l.notify()
 }
 
 // took accounts for n records of bytes taken out of the lanes into
@@ -314,8 +348,8 @@ func (c *Coordinator) admit(recs []*record.Record, now time.Time) (int, <-chan s
 	woken := make([]bool, len(c.q.lanes))
 	for i, r := range recs {
 		ps := c.parts[r.TP()]
-		if ps == nil || !ps.accepts() {
-			continue
+		if ps == nil || !ps.accepts() || (ps.next >= 0 && r.Offset < ps.next) {
+			continue // not ours, or before where the partition goes on
 		}
 		if c.q.full(c.cfg.Overflow != config.OverflowBlock) {
 			return i, c.q.space, nil

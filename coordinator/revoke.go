@@ -55,7 +55,7 @@ func (c *Coordinator) Revoke(ctx context.Context, tps []record.TopicPartition) (
 	defer c.mu.Unlock()
 	offs := map[record.TopicPartition]record.Position{}
 	for _, ps := range revoked {
-		if p, ok := ps.position(); ok && settled && ps.phase != fenced {
+		if p, ok := ps.position(); ok && settled {
 			// what landed before the cancelled batches too: the next
 			// owner need not read it again
 			offs[ps.tp] = p
@@ -104,9 +104,7 @@ func (c *Coordinator) takeOut(tps []record.TopicPartition, to phase) []*partitio
 			continue
 		}
 		out = append(out, ps)
-		if ps.phase != fenced {
-			ps.phase = to
-		}
+		ps.phase = to
 		n, b := c.q.lanes[ps.worker].remove(tp)
 		removed, bytes = removed+n, bytes+b
 	}
@@ -157,9 +155,7 @@ func (c *Coordinator) handOver(parts []*partition) (cancelled int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, ps := range parts {
-		if ps.phase != fenced {
-			ps.phase = handedOver
-		}
+		ps.phase = handedOver
 	}
 	for fl := range c.flights {
 		if slices.ContainsFunc(fl.parts, func(ps *partition) bool { return !ps.writable() }) {

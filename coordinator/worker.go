@@ -167,10 +167,22 @@ func (c *Coordinator) process(ctx context.Context, b *record.Batch, parts []*par
 	}
 	writeStart := time.Now()
 	err = c.writeOwned(ctx, b, parts)
-	for errors.Is(err, errPartitionRevoked) {
-		// some partitions were handed over: write only the others, if
-		// any (a revoke is no failure of the worker)
-		if b, parts, err = c.dropHandedOver(b, parts); b == nil {
+	for err != nil && ctx.Err() == nil {
+		// part of the batch may not be written any more: write the rest
+		var drop func(*partition) bool
+		reason := "revoked"
+		if tp, stored, ok := c.fenced(err); ok {
+			if err := c.refence(b, tp, stored); err != nil {
+				c.release(parts, nil)
+				return err
+			}
+			drop, reason = func(ps *partition) bool { return ps.tp == tp }, "fenced"
+		} else if errors.Is(err, errPartitionRevoked) {
+			drop = func(ps *partition) bool { return !ps.writable() }
+		} else {
+			break
+		}
+		if b, parts, err = c.dropSpans(b, parts, reason, drop); b == nil {
 			return err
 		}
 		err = c.writeOwned(ctx, b, parts)
@@ -199,22 +211,53 @@ func (c *Coordinator) process(ctx context.Context, b *record.Batch, parts []*par
 	return nil
 }
 
-// failed ends a batch that will not land: fenced, it is abandoned and its
-// partitions fenced; cancelled with ctx, it is left for the next owner;
-// else the error stops the worker.
+// failed ends a batch that will not land: cancelled with ctx, it is left
+// for the next owner; else the error stops the worker.
 func (c *Coordinator) failed(ctx context.Context, b *record.Batch, parts []*partition, err error) error {
 	c.dlq.Forget(b.Records)
-	if c.fenced(err) {
-		c.m.BatchesAbandoned.WithLabelValues("fenced").Inc()
-		c.log.Warn("batch fenced: another process owns its partitions now; abandoning it", "batch", b.ID, "err", err)
-		c.release(parts, func(ps *partition) { ps.phase = fenced })
-		return nil
-	}
 	c.release(parts, nil)
 	if ctx.Err() != nil {
 		return nil
 	}
 	return fmt.Errorf("writing batch %d (%s): %w", b.ID, spansString(b.Spans, 4), err)
+}
+
+// refence goes on with partition tp after another process wrote it first
+// (a zombie's late batch, in exactly_once mode): the database holds its
+// records before stored, so they are skipped, and those of batch b from
+// stored on go back to the front of the queue; the partition's next batch
+// starts at stored and its committable offset becomes stored. A stored
+// offset behind the batch (the offsets row moved back, or vanished) cannot
+// be gone on from without reading the partition again: that stops the
+// worker, and a restart starts the partition at the stored offset.
+func (c *Coordinator) refence(b *record.Batch, tp record.TopicPartition, stored int64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ps := c.parts[tp]
+	i := slices.IndexFunc(b.Spans, func(sp record.Span) bool { return sp.TopicPartition == tp })
+	if ps == nil || !ps.writable() || i < 0 {
+		return nil // released meanwhile: its next owner decides
+	}
+	span := b.Spans[i]
+	if stored < span.From {
+		return fmt.Errorf("partition %s: the offsets table holds next offset %d, behind batch %d's span %s; restart to go on from the stored offset", tp, stored, b.ID, span)
+	}
+	now := time.Now()
+	var again []item
+	for _, r := range b.Records {
+		if r.TP() == tp && r.Offset >= stored {
+			again = append(again, item{rec: r, at: now, size: int64(r.Size())})
+		}
+	}
+	l := c.q.lanes[ps.worker]
+	n, bytes := l.removeBefore(tp, stored)
+	c.q.removed(n, bytes)
+	c.q.requeue(l, again)
+	ps.tracker.restartAt(stored)
+	ps.next = stored
+	c.log.Warn("partition written by another process first (fenced): going on from the offset the database holds",
+		"partition", tp.String(), "batch", b.ID, "span", span.String(), "stored", stored, "requeued", len(again), "skipped_queued", n)
+	return nil
 }
 
 // landed marks the records of a landed batch done, for the assignment the
@@ -294,25 +337,25 @@ func (c *Coordinator) ownsAll(parts []*partition) bool {
 	return !slices.ContainsFunc(parts, func(ps *partition) bool { return !ps.writable() })
 }
 
-// dropHandedOver takes the partitions handed over out of batch b: their
-// records must not land any more. It releases them and discards b from the
-// WAL. When other partitions of b are still owned, it returns the batch
+// dropSpans takes the partitions for which drop is true out of batch b
+// (handed over by a revoke, or fenced): their records must not land from
+// this batch. It releases them and discards b from the WAL. When other partitions of b are still owned, it returns the batch
 // reduced to them, appended to the WAL as a new entry (before b's entry is
 // discarded, so their records stay covered), to be written instead; else a
 // nil batch. The error is the WAL's.
-func (c *Coordinator) dropHandedOver(b *record.Batch, parts []*partition) (*record.Batch, []*partition, error) {
+func (c *Coordinator) dropSpans(b *record.Batch, parts []*partition, reason string, drop func(*partition) bool) (*record.Batch, []*partition, error) {
 	kept := &record.Batch{}
 	var keep, gone []*partition
 	var dropped []record.Span
 	c.mu.Lock()
 	for i, ps := range parts {
 		// parts[i] is the partition of b.Spans[i] (takeBatch)
-		if ps.writable() {
-			keep = append(keep, ps)
-			kept.Spans = append(kept.Spans, b.Spans[i])
-		} else {
+		if drop(ps) {
 			gone = append(gone, ps)
 			dropped = append(dropped, b.Spans[i])
+		} else {
+			keep = append(keep, ps)
+			kept.Spans = append(kept.Spans, b.Spans[i])
 		}
 	}
 	c.mu.Unlock()
@@ -325,9 +368,9 @@ func (c *Coordinator) dropHandedOver(b *record.Batch, parts []*partition) (*reco
 		}
 	}
 	c.dlq.Forget(droppedRecs)
-	c.m.BatchesAbandoned.WithLabelValues("revoked").Inc()
+	c.m.BatchesAbandoned.WithLabelValues(reason).Inc()
 	if len(keep) == 0 {
-		c.log.Warn("batch abandoned: its partitions were revoked while it waited for the database; their next owner reads its records again",
+		c.log.Warn("batch abandoned: its partitions are not this batch's to write any more", "reason", reason,
 			"batch", b.ID, "spans", spansString(b.Spans, 4))
 		err := c.wal.Discard(b.ID)
 		c.release(gone, nil)
@@ -342,7 +385,7 @@ func (c *Coordinator) dropHandedOver(b *record.Batch, parts []*partition) (*reco
 		return nil, nil, fmt.Errorf("recording batch %d reduced to the partitions still owned in the WAL: %w", b.ID, err)
 	}
 	kept.ID = id
-	c.log.Warn("revoked partitions dropped from a batch waiting for the database; their next owner reads those records again, the rest is written as a new batch",
+	c.log.Warn("partitions dropped from a batch, the rest written as a new batch", "reason", reason,
 		"batch", b.ID, "abandoned_spans", spansString(dropped, 4), "new_batch", id, "spans", spansString(kept.Spans, 4))
 	err = c.wal.Discard(b.ID)
 	c.release(gone, nil)

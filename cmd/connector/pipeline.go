@@ -146,7 +146,7 @@ func (p *Pipeline) buildCoordinator() error {
 	opts := []coordinator.Option{
 		coordinator.WithLogger(p.log), coordinator.WithMetrics(p.m),
 		coordinator.WithRetryable(sink.IsRetryable),
-		coordinator.WithFenced(func(err error) bool { return errors.Is(err, sink.ErrFenced) }),
+		coordinator.WithFenced(fencedAt),
 		coordinator.WithOffsetStore(exactlyOnceOffsets{p.sink, exactlyOnceTopics(cfg)}),
 	}
 	if failpoints != nil {
@@ -307,6 +307,16 @@ func exactlyOnceTopics(cfg config.Config) map[string]bool {
 		eo[t.Name] = t.Mode == config.ModeExactlyOnce
 	}
 	return eo
+}
+
+// fencedAt says which partition a fenced write names, and the next offset
+// the database holds for it.
+func fencedAt(err error) (record.TopicPartition, int64, bool) {
+	var fe *sink.FencedError
+	if errors.As(err, &fe) {
+		return fe.Span.TopicPartition, fe.Stored, true
+	}
+	return record.TopicPartition{}, 0, false
 }
 
 // coordWAL is the WAL as the coordinator sees it.
