@@ -60,6 +60,11 @@ type Kafka struct {
 	// StartFrom is where a partition without a committed offset starts.
 	// Default StartEarliest; empty is invalid.
 	StartFrom StartFrom `yaml:"start_from"`
+	// StartPastEnd is what a partition does when the offset it would
+	// start at (committed, known applied by the WAL, or stored with the
+	// rows) lies past the end of its log. Env KAFKA_START_PAST_END.
+	// Default PastEndFail; empty is invalid.
+	StartPastEnd PastEnd `yaml:"start_past_end"`
 	// SessionTimeout is the group session timeout. Default 45s; zero or
 	// negative is invalid.
 	SessionTimeout Duration `yaml:"session_timeout"`

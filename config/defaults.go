@@ -13,7 +13,7 @@ func Default() Config {
 	return Config{
 		Kafka: Kafka{
 			Group: "ktsink", ClientID: "ktsink", MaxPollRecords: 10000,
-			FetchMaxBytes: 4 << 20, StartFrom: StartEarliest,
+			FetchMaxBytes: 4 << 20, StartFrom: StartEarliest, StartPastEnd: PastEndFail,
 			SessionTimeout: Duration(45 * time.Second), RebalanceTimeout: Duration(60 * time.Second),
 		},
 		Postgres: Postgres{

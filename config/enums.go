@@ -104,6 +104,31 @@ func (s *StartFrom) UnmarshalText(text []byte) error  { return startFroms.unmars
 func (s *StartFrom) UnmarshalYAML(n *yaml.Node) error { return keepYAML(s, n) }
 func (StartFrom) values() string                      { return startFroms.list() }
 
+// PastEnd is what a partition does when the offset it would start at lies
+// past the end of its log (the topic was deleted and created again, or its
+// log truncated): Kafka's committed offset, the WAL or the exactly-once
+// offsets table remember an older log.
+type PastEnd string
+
+// The policies for a start past the log end.
+const (
+	// PastEndFail stops the connector, naming the partition and both
+	// offsets: an operator decides.
+	PastEndFail PastEnd = "fail"
+	// PastEndEarliest starts at the oldest record the log holds.
+	PastEndEarliest PastEnd = "earliest"
+	// PastEndLatest starts at the log end.
+	PastEndLatest PastEnd = "latest"
+)
+
+var pastEnds = enum[PastEnd]{setting: "kafka.start_past_end", values: []PastEnd{PastEndFail, PastEndEarliest, PastEndLatest}}
+
+func (s PastEnd) String() string                    { return string(s) }
+func (s PastEnd) MarshalText() ([]byte, error)      { return []byte(s), nil }
+func (s *PastEnd) UnmarshalText(text []byte) error  { return pastEnds.unmarshal(s, text) }
+func (s *PastEnd) UnmarshalYAML(n *yaml.Node) error { return keepYAML(s, n) }
+func (PastEnd) values() string                      { return pastEnds.list() }
+
 // LogLevel is the lowest level logged.
 type LogLevel string
 

@@ -48,6 +48,7 @@ var Bindings = []Binding{
 	{Setting: "kafka.max_poll_records"},
 	{Setting: "kafka.fetch_max_bytes"},
 	{Setting: "kafka.start_from"},
+	{Setting: "kafka.start_past_end", Env: "KAFKA_START_PAST_END"},
 	{Setting: "kafka.session_timeout"},
 	{Setting: "kafka.rebalance_timeout"},
 	{Setting: "kafka.tls.enabled", Env: "KAFKA_TLS_ENABLED"},

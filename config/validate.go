@@ -71,6 +71,7 @@ func (k *Kafka) validate() error {
 		p.add("kafka.fetch_max_bytes", "must be positive and below 2GiB, got %s", k.FetchMaxBytes)
 	}
 	p.enum("kafka.start_from", startFroms.check(k.StartFrom))
+	p.enum("kafka.start_past_end", pastEnds.check(k.StartPastEnd))
 	if k.SessionTimeout <= 0 {
 		p.add("kafka.session_timeout", "must be positive, got %s", k.SessionTimeout)
 	}

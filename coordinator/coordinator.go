@@ -56,6 +56,9 @@ type WAL interface {
 	// committed offset, up to where the WAL knows its records applied and
 	// which batches are in doubt.
 	Recover(tp record.TopicPartition, committed int64) (Recovery, error)
+	// Forget deletes every entry with a span of tp: they are of a log
+	// that is no more (the partition starts over past its end).
+	Forget(tp record.TopicPartition) error
 }
 
 // Recovery is what the WAL knows of one partition at assignment.
@@ -73,6 +76,9 @@ type Recovery struct {
 // the result.
 type OffsetStore interface {
 	StoredOffsets(ctx context.Context, tps []record.TopicPartition) (map[record.TopicPartition]int64, error)
+	// ResetStoredOffset sets tp's stored next offset to off: its log
+	// started over.
+	ResetStoredOffset(ctx context.Context, tp record.TopicPartition, off int64) error
 }
 
 // DeadLetters makes rejected records durable (package dlq).
@@ -95,6 +101,8 @@ type Config struct {
 	FlushInterval time.Duration
 	Overflow      config.Overflow
 	RevokeTimeout time.Duration
+	// PastEnd is what a partition does when its start is past its log end.
+	PastEnd config.PastEnd
 
 	// MaxBytes bounds the record bytes held: queued, in batches, dropped
 	// and waiting for their dead letters. Fetching pauses at
@@ -256,6 +264,11 @@ func (cfg Config) validate() error {
 	case config.OverflowBlock, config.OverflowDropOldest, config.OverflowError:
 	default:
 		errs = append(errs, fmt.Errorf("unknown overflow strategy %q", cfg.Overflow))
+	}
+	switch cfg.PastEnd {
+	case config.PastEndFail, config.PastEndEarliest, config.PastEndLatest:
+	default:
+		errs = append(errs, fmt.Errorf("unknown start-past-end policy %q", cfg.PastEnd))
 	}
 	if cfg.RevokeTimeout <= 0 || cfg.GaugeInterval <= 0 {
 		errs = append(errs, fmt.Errorf("revoke timeout %s and gauge interval %s must be positive", cfg.RevokeTimeout, cfg.GaugeInterval))

@@ -47,6 +47,7 @@ type world struct {
 	recovered  map[record.TopicPartition]int64 // what the WAL knows applied, by partition
 	commitMu   sync.Mutex                      // one commit at a time, as the source makes them
 	inRevoke   bool                            // under commitMu: the commit is of Revoke's positions
+	forgot     []record.TopicPartition         // partitions the WAL was told to forget
 }
 
 func newWorld(t *testing.T) *world {
@@ -103,6 +104,14 @@ func (w *world) Recover(tp record.TopicPartition, committed int64) (Recovery, er
 	return Recovery{AppliedThrough: committed}, nil
 }
 
+func (w *world) Forget(tp record.TopicPartition) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.recovered, tp)
+	w.forgot = append(w.forgot, tp)
+	return nil
+}
+
 // commitFrom commits what c reports committable, the way the source does.
 func (w *world) commitFrom(c *Coordinator) error {
 	w.commitMu.Lock()
@@ -136,11 +145,11 @@ func (w *world) revoke(c *Coordinator, tps []record.TopicPartition) error {
 // assign assigns tps with nothing committed.
 func assign(t *testing.T, c *Coordinator, tps []record.TopicPartition) {
 	t.Helper()
-	committed := map[record.TopicPartition]int64{}
+	assigned := map[record.TopicPartition]record.Assigned{}
 	for _, tp := range tps {
-		committed[tp] = -1
+		assigned[tp] = record.Assigned{Committed: -1, LogStart: -1, LogEnd: -1}
 	}
-	if _, err := c.Assign(context.Background(), committed); err != nil {
+	if _, err := c.Assign(context.Background(), assigned); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -155,7 +164,7 @@ func assignAt(t *testing.T, c *Coordinator, w *world, tp record.TopicPartition, 
 	}
 	w.recovered[tp] = walThrough
 	w.mu.Unlock()
-	starts, err := c.Assign(context.Background(), map[record.TopicPartition]int64{tp: committed})
+	starts, err := c.Assign(context.Background(), map[record.TopicPartition]record.Assigned{tp: {Committed: committed, LogStart: -1, LogEnd: -1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,8 +357,8 @@ func testConfig() Config {
 		FlushInterval: 5 * time.Millisecond, Overflow: config.OverflowBlock, RevokeTimeout: 5 * time.Second,
 		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 5 * time.Millisecond,
 		RetryMultiplier: 2, RetryJitter: true, BreakerThreshold: 3, BreakerHalfOpenAfter: 50 * time.Millisecond,
-		GaugeInterval: 250 * time.Millisecond,
-		MaxBytes:      1 << 30, HighWatermarkBytes: 800 << 20, LowWatermarkBytes: 500 << 20, BatchMaxBytes: 1 << 20,
+		GaugeInterval: 250 * time.Millisecond, PastEnd: config.PastEndFail,
+		MaxBytes: 1 << 30, HighWatermarkBytes: 800 << 20, LowWatermarkBytes: 500 << 20, BatchMaxBytes: 1 << 20,
 	}
 }
 
@@ -1615,5 +1624,96 @@ func waitUntil(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// memStore is an offset store in memory.
+type memStore struct {
+	mu     sync.Mutex
+	stored map[record.TopicPartition]int64
+}
+
+func (s *memStore) StoredOffsets(_ context.Context, tps []record.TopicPartition) (map[record.TopicPartition]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[record.TopicPartition]int64{}
+	for _, tp := range tps {
+		if off, ok := s.stored[tp]; ok {
+			out[tp] = off
+		}
+	}
+	return out, nil
+}
+
+func (s *memStore) ResetStoredOffset(_ context.Context, tp record.TopicPartition, off int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stored[tp] = off
+	return nil
+}
+
+// TestStartPastTheLogEnd: a witness that points past the log end (the
+// topic was created again, the log truncated) is never trusted: under fail
+// Assign refuses naming the partition and both offsets; under earliest or
+// latest the partition starts there, its WAL entries forgotten and its
+// stored offset reset.
+func TestStartPastTheLogEnd(t *testing.T) {
+	tp := record.TopicPartition{Topic: "bars", Partition: 3}
+	for _, tt := range []struct {
+		name      string
+		policy    config.PastEnd
+		committed int64
+		wal       int64 // applied through, per the WAL
+		stored    int64 // -1: no stored offset
+		want      int64 // start; -2: refused
+	}{
+		{name: "within the log", policy: config.PastEndFail, committed: 40, wal: 70, stored: -1, want: 70},
+		{name: "at the log end", policy: config.PastEndFail, committed: 100, wal: 100, stored: -1, want: 100},
+		{name: "WAL past the end, fail", policy: config.PastEndFail, committed: 40, wal: 500, stored: -1, want: -2},
+		{name: "committed past the end, fail", policy: config.PastEndFail, committed: 500, wal: 500, stored: -1, want: -2},
+		{name: "stored past the end, fail", policy: config.PastEndFail, committed: 40, wal: 40, stored: 500, want: -2},
+		{name: "stored past the end, earliest", policy: config.PastEndEarliest, committed: 40, wal: 40, stored: 500, want: 10},
+		{name: "WAL past the end, latest", policy: config.PastEndLatest, committed: 40, wal: 500, stored: -1, want: 100},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			w.recovered = map[record.TopicPartition]int64{tp: tt.wal}
+			store := &memStore{stored: map[record.TopicPartition]int64{}}
+			if tt.stored >= 0 {
+				store.stored[tp] = tt.stored
+			}
+			cfg := testConfig()
+			cfg.PastEnd = tt.policy
+			c := newCoord(t, w, cfg, WithOffsetStore(store))
+			starts, err := c.Assign(context.Background(), map[record.TopicPartition]record.Assigned{
+				tp: {Committed: tt.committed, LogStart: 10, LogEnd: 100},
+			})
+			if tt.want == -2 {
+				if !errors.Is(err, record.ErrStartPastEnd) || !strings.Contains(err.Error(), tp.String()) {
+					t.Fatalf("Assign = %v, %v; want an error naming %s wrapping ErrStartPastEnd", starts, err, tp)
+				}
+				if st := c.Status(); len(st.Partitions) != 0 {
+					t.Fatalf("a refused partition was taken: %+v", st.Partitions)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, moved := starts[tp]
+			if !moved {
+				got = tt.committed
+			}
+			if got != tt.want {
+				t.Fatalf("starts at %d, want %d", got, tt.want)
+			}
+			reset := tt.want == 10 || (tt.policy == config.PastEndLatest)
+			if forgot := slices.Contains(w.forgot, tp); forgot != reset {
+				t.Errorf("WAL forgot the partition: %v, want %v", forgot, reset)
+			}
+			if tt.stored >= 0 && reset && store.stored[tp] != tt.want {
+				t.Errorf("stored offset %d after the reset, want %d", store.stored[tp], tt.want)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@
 package record
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -80,3 +81,17 @@ func (r *Record) Size() int {
 	}
 	return n
 }
+
+// Assigned is what the source knows of a partition it was just assigned:
+// the offset Kafka has committed for the group and the bounds of the log
+// now. Each is -1 when unknown (nothing committed; bounds not listed).
+type Assigned struct {
+	Committed int64
+	LogStart  int64
+	LogEnd    int64
+}
+
+// ErrStartPastEnd is wrapped by the error of an assignment whose start
+// offset lies past the end of the partition's log, when the configured
+// policy is to stop: the source then ends with it.
+var ErrStartPastEnd = errors.New("start offset past the end of the log")

@@ -10,8 +10,8 @@ import (
 )
 
 type offsetsSQL struct {
-	id                               pgx.Identifier
-	create, update, insert, get, one string
+	id                                      pgx.Identifier
+	create, update, insert, get, one, reset string
 }
 
 func newOffsetsSQL(id pgx.Identifier) offsetsSQL {
@@ -30,6 +30,8 @@ func newOffsetsSQL(id pgx.Identifier) offsetsSQL {
 		insert: "INSERT INTO " + n + " (consumer_group, topic, partition, next_offset, updated_at)" +
 			" VALUES ($1, $2, $3, $4, now()) ON CONFLICT (consumer_group, topic, partition) DO NOTHING",
 		one: "SELECT next_offset FROM " + n + " WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+		reset: "UPDATE " + n + " SET next_offset = $4, updated_at = now()" +
+			" WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
 		get: "SELECT topic, partition, next_offset FROM " + n +
 			" WHERE consumer_group = $1 AND (topic, partition) IN (SELECT * FROM unnest($2::text[], $3::integer[]))",
 	}
@@ -62,6 +64,17 @@ func (w *Writer) Offsets(ctx context.Context, tps []record.TopicPartition) (map[
 		return nil, fmt.Errorf("reading offsets from %s: %w", w.offsets.id.Sanitize(), err)
 	}
 	return out, nil
+}
+
+// ResetOffset sets the next offset stored for tp to off, whatever it held:
+// the partition's log started over (the topic was created again, or its
+// log truncated) and consumption goes on from off. A partition without a
+// row keeps none.
+func (w *Writer) ResetOffset(ctx context.Context, tp record.TopicPartition, off int64) error {
+	if _, err := w.db.Exec(ctx, w.offsets.reset, w.cfg.Group, tp.Topic, tp.Partition, off); err != nil {
+		return fmt.Errorf("resetting the offset of %s in %s: %w", tp, w.offsets.id.Sanitize(), err)
+	}
+	return nil
 }
 
 // advanceOffsets moves each exactly_once span's offsets row from From to

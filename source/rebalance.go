@@ -2,9 +2,13 @@ package source
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/ktsink/connector/record"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -28,20 +32,31 @@ func (s *Source) onAssigned(_ context.Context, _ *kgo.Client, assigned map[strin
 }
 
 // adjustOffsets hands the assigned partitions to the coordinator with what
-// Kafka committed for them, and seeks to the starts it decides.
+// Kafka committed for them and the bounds of their logs, and seeks to the
+// starts it decides. A start past the log end under the fail policy ends
+// Run with that error.
 func (s *Source) adjustOffsets(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
-	committed := map[record.TopicPartition]int64{}
+	assigned := map[record.TopicPartition]record.Assigned{}
 	for t, ps := range offsets {
 		for p, o := range ps {
 			c := o.EpochOffset().Offset
 			if c < 0 {
 				c = -1
 			}
-			committed[record.TopicPartition{Topic: t, Partition: p}] = c
+			assigned[record.TopicPartition{Topic: t, Partition: p}] = record.Assigned{Committed: c, LogStart: -1, LogEnd: -1}
 		}
 	}
-	starts, err := s.parts.Assign(ctx, committed)
+	if err := s.logBounds(ctx, assigned); err != nil {
+		// without the bounds a start past the log end would go unseen:
+		// franz-go fetches the offsets again
+		s.log.Warn("listing the assigned partitions' log bounds failed; will retry", "err", err)
+		return offsets, err
+	}
+	starts, err := s.parts.Assign(ctx, assigned)
 	if err != nil {
+		if errors.Is(err, record.ErrStartPastEnd) {
+			s.fail(err)
+		}
 		// Failing here makes franz-go retry the offset fetch; nothing
 		// is consumed from an unknown position.
 		s.log.Error("deciding start offsets failed", "err", err)
@@ -51,6 +66,50 @@ func (s *Source) adjustOffsets(ctx context.Context, offsets map[string]map[int32
 		offsets[tp.Topic][tp.Partition] = kgo.NewOffset().At(st).WithEpoch(-1)
 	}
 	return offsets, nil
+}
+
+// logBounds lists the start and end offsets of the assigned partitions'
+// logs.
+func (s *Source) logBounds(ctx context.Context, assigned map[record.TopicPartition]record.Assigned) error {
+	var topics []string
+	for tp := range assigned {
+		if !slices.Contains(topics, tp.Topic) {
+			topics = append(topics, tp.Topic)
+		}
+	}
+	adm := kadm.NewClient(s.cl)
+	starts, err := adm.ListStartOffsets(ctx, topics...)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("listing log start offsets: %w", err)
+	}
+	ends, err := adm.ListEndOffsets(ctx, topics...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("listing log end offsets: %w", err)
+	}
+	for tp, a := range assigned {
+		if o, ok := starts.Lookup(tp.Topic, tp.Partition); ok {
+			a.LogStart = o.Offset
+		}
+		if o, ok := ends.Lookup(tp.Topic, tp.Partition); ok {
+			a.LogEnd = o.Offset
+		}
+		assigned[tp] = a
+	}
+	return nil
+}
+
+// fail records an error that ends Run.
+func (s *Source) fail(err error) {
+	s.failOnce.Do(func() {
+		s.fatal = err
+		close(s.failed)
+	})
 }
 
 // onRevoked commits the revoked partitions' final positions before they

@@ -35,8 +35,10 @@ type Queue interface {
 // Partitions is what the source needs of the coordinator on rebalances.
 type Partitions interface {
 	// Assign takes partitions with what Kafka committed for each (-1:
-	// nothing) and returns the starts that differ from it.
-	Assign(ctx context.Context, committed map[record.TopicPartition]int64) (map[record.TopicPartition]int64, error)
+	// nothing) and their log bounds, and returns the starts that differ
+	// from the committed offsets. An error wrapping
+	// record.ErrStartPastEnd ends Run.
+	Assign(ctx context.Context, assigned map[record.TopicPartition]record.Assigned) (map[record.TopicPartition]int64, error)
 	// Revoke releases partitions and returns the positions to commit for
 	// them before they go.
 	Revoke(ctx context.Context, tps []record.TopicPartition) (map[record.TopicPartition]record.Position, error)
@@ -101,6 +103,10 @@ type Source struct {
 	// overtakes (or is overtaken by) a periodic one of the same partition.
 	commitMu sync.Mutex
 
+	failOnce sync.Once
+	failed   chan struct{} // closed by fail
+	fatal    error
+
 	mu       sync.Mutex
 	assigned int
 	hwm      map[record.TopicPartition]int64
@@ -130,7 +136,7 @@ func New(cfg Config, q Queue, parts Partitions, pos Positions, opts ...Option) (
 	}
 	s := &Source{
 		cfg: cfg, log: slog.New(slog.DiscardHandler), q: q, parts: parts, pos: pos,
-		hwm: map[record.TopicPartition]int64{},
+		hwm: map[record.TopicPartition]int64{}, failed: make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(s)
@@ -197,13 +203,22 @@ func (s *Source) clientOpts() []kgo.Opt {
 // Client returns the franz-go client (for readiness: group membership).
 func (s *Source) Client() *kgo.Client { return s.cl }
 
-// Run polls until ctx ends or the queue refuses records, and commits what
-// the coordinator reports committable meanwhile. It returns nil when ctx
-// ends.
+// Run polls until ctx ends, the queue refuses records, or an assignment
+// fails for good (a start past the log end, under the fail policy), and
+// commits what the coordinator reports committable meanwhile. It returns
+// nil when ctx ends.
 func (s *Source) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.poll(gctx) })
 	g.Go(func() error { s.commitLoop(gctx); return nil })
+	g.Go(func() error {
+		select {
+		case <-s.failed:
+			return s.fatal
+		case <-gctx.Done():
+			return nil
+		}
+	})
 	return g.Wait()
 }
 

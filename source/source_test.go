@@ -76,6 +76,7 @@ func (m *memWAL) Append([]record.Span, int) (uint64, error) {
 func (m *memWAL) MarkApplied(uint64) error                          { return nil }
 func (m *memWAL) Discard(uint64) error                              { return nil }
 func (m *memWAL) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
+func (m *memWAL) Forget(record.TopicPartition) error                { return nil }
 func (m *memWAL) Recover(_ record.TopicPartition, committed int64) (coordinator.Recovery, error) {
 	return coordinator.Recovery{AppliedThrough: committed}, nil
 }
@@ -100,7 +101,7 @@ func startMember(t *testing.T, name string, brokers []string, topic, group strin
 		FlushInterval: 5 * time.Millisecond, Overflow: config.OverflowBlock, RevokeTimeout: 5 * time.Second,
 		RetryMaxAttempts: 3, RetryInitialBackoff: time.Millisecond, RetryMaxBackoff: 10 * time.Millisecond, RetryMultiplier: 2,
 		BreakerThreshold: 5, BreakerHalfOpenAfter: time.Second, GaugeInterval: time.Second,
-		MaxBytes: 64 << 20, HighWatermarkBytes: 48 << 20, LowWatermarkBytes: 32 << 20, BatchMaxBytes: 1 << 20,
+		PastEnd: config.PastEndFail, MaxBytes: 64 << 20, HighWatermarkBytes: 48 << 20, LowWatermarkBytes: 32 << 20, BatchMaxBytes: 1 << 20,
 	}, sink.writer(name), &memWAL{}, noDLQ{})
 	if err != nil {
 		t.Fatal(err)

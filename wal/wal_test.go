@@ -1004,3 +1004,43 @@ func BenchmarkAppendMarkApplied(b *testing.B) {
 		})
 	}
 }
+
+func TestForgetDeletesThePartitionsEntries(t *testing.T) {
+	w, err := Open(filepath.Join(t.TempDir(), "f.wal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	a := record.TopicPartition{Topic: "t", Partition: 0}
+	b := record.TopicPartition{Topic: "t", Partition: 1}
+	id1, err := w.Append([]record.Span{{TopicPartition: a, From: 0, Next: 100}}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.MarkApplied(id1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Append([]record.Span{{TopicPartition: a, From: 100, Next: 150}, {TopicPartition: b, From: 0, Next: 10}}, 60); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Append([]record.Span{{TopicPartition: b, From: 10, Next: 20}}, 10); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := w.Recover(a, 0); err != nil || rec.AppliedThrough != 100 {
+		t.Fatalf("before Forget: applied through %d, %v; want 100", rec.AppliedThrough, err)
+	}
+	if err := w.Forget(a); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := w.Recover(a, 0)
+	if err != nil || rec.AppliedThrough != 0 || len(rec.InDoubt) != 0 {
+		t.Fatalf("after Forget: applied through %d, %d in doubt, %v; want 0 and none", rec.AppliedThrough, len(rec.InDoubt), err)
+	}
+	entries, err := w.Entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Spans[0].TopicPartition != b {
+		t.Fatalf("entries left %+v, want only the one of %s alone", entries, b)
+	}
+}

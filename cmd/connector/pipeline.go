@@ -158,6 +158,7 @@ func (p *Pipeline) buildCoordinator() error {
 		LowWatermark: int(float64(co.Capacity) * co.LowWatermark), Workers: co.Workers,
 		BatchSize: co.BatchSize, FlushInterval: time.Duration(co.FlushInterval), Overflow: co.Overflow,
 		RevokeTimeout:       time.Duration(co.RevokeTimeout),
+		PastEnd:             cfg.Kafka.StartPastEnd,
 		RetryMaxAttempts:    cfg.Retry.MaxAttempts,
 		RetryInitialBackoff: time.Duration(cfg.Retry.InitialBackoff),
 		RetryMaxBackoff:     time.Duration(cfg.Retry.MaxBackoff), RetryMultiplier: cfg.Retry.Multiplier,
@@ -345,4 +346,11 @@ func (s exactlyOnceOffsets) StoredOffsets(ctx context.Context, tps []record.Topi
 		return nil, nil
 	}
 	return s.w.Offsets(ctx, eo)
+}
+
+func (s exactlyOnceOffsets) ResetStoredOffset(ctx context.Context, tp record.TopicPartition, off int64) error {
+	if !s.topics[tp.Topic] {
+		return nil
+	}
+	return s.w.ResetOffset(ctx, tp, off)
 }
