@@ -3,6 +3,8 @@
 #   make test           bring up PostgreSQL 15 and Apache Kafka (KRaft), run every
 #                       test with integration tests required, take down what it started
 #   make unit           go test ./... (integration tests skip without their services)
+#   make mutants        apply each deliberate break in testdata/mutants/ and check
+#                       that the tests named in its header catch it
 #   make build          bin/connector
 #   make lint           gofmt, go vet and staticcheck (installed at a pinned version
 #                       into .cache/bin; make test runs it first)
@@ -31,7 +33,7 @@ GOFILES = $(shell find . -name '*.go' -not -path './.cache/*' -not -path './.git
 STATICCHECK_VERSION = v0.8.2
 STATICCHECK = $(CURDIR)/.cache/bin/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 
-.PHONY: all build unit test lint services-up services-down clean
+.PHONY: all build unit test mutants lint services-up services-down clean
 
 all: build
 
@@ -43,7 +45,14 @@ unit:
 
 test: lint
 	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
-		scripts/with-services.sh $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+		scripts/with-services.sh sh -c '$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./... && scripts/mutants.sh'
+
+# Each deliberate break of an invariant in testdata/mutants/ must make the
+# tests its header names fail (make test runs them too): MUTANTS='name-*'
+# picks some.
+mutants:
+	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
+		scripts/with-services.sh scripts/mutants.sh
 
 lint: $(STATICCHECK)
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

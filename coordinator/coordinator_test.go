@@ -1717,3 +1717,70 @@ func TestStartPastTheLogEnd(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordHysteresis: after the high watermark, the queue stays paused
+// until its depth falls to the low watermark, not merely below the high
+// one.
+func TestRecordHysteresis(t *testing.T) {
+	cfg := testConfig() // capacity 1000, high 800, low 500
+	q := newQueue(cfg)
+	l := q.lanes[0]
+	for i := range 800 {
+		q.push(l, item{rec: &record.Record{Offset: int64(i)}, size: 1})
+	}
+	if !q.paused {
+		t.Fatal("not paused at the high watermark")
+	}
+	for depth := 800; depth > 500; depth-- {
+		q.took(1, 1)
+		q.ended(1)
+		if want := depth-1 > 500; q.paused != want {
+			t.Fatalf("at depth %d: paused %v, want %v", depth-1, q.paused, want)
+		}
+	}
+}
+
+// TestLostCommitsNothingLanded: a lost partition's landed records are not
+// committed, neither by Lost nor by any commit after it: another process
+// may own it and have committed past them already.
+func TestLostCommitsNothingLanded(t *testing.T) {
+	w := newWorld(t)
+	var mu sync.Mutex
+	commitsDown := true
+	w.commitFail = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if commitsDown {
+			return errors.New("coordinator not available")
+		}
+		return nil
+	}
+	c := newCoord(t, w, testConfig())
+	tps := partitions(2)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
+	if err := c.Submit(context.Background(), append(recordsOf(tps[0], 0, 50), recordsOf(tps[1], 0, 50)...)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.landed[tps[0]]) == 50 && len(w.landed[tps[1]]) == 50
+	}, "every record to land")
+	if err := c.Lost(context.Background(), tps[:1]); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	commitsDown = false
+	mu.Unlock()
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	if off, ok := w.committed[tps[0]]; ok {
+		t.Errorf("lost partition committed at %d", off)
+	}
+	if w.committed[tps[1]] != 50 {
+		t.Errorf("kept partition committed %d, want 50", w.committed[tps[1]])
+	}
+}
