@@ -1784,3 +1784,47 @@ func TestLostCommitsNothingLanded(t *testing.T) {
 		t.Errorf("kept partition committed %d, want 50", w.committed[tps[1]])
 	}
 }
+
+// TestLostCancelsInFlightAtOnce: a lost partition may be written by its
+// new owner already, so its batch in flight is cancelled at once, not
+// waited for like a revoked one's: Lost returns while the sink still holds
+// the batch, and nothing of it lands.
+func TestLostCancelsInFlightAtOnce(t *testing.T) {
+	w := newWorld(t)
+	w.hold = make(chan struct{})
+	entered := make(chan struct{})
+	var once sync.Once
+	w.entered = func(*record.Batch) { once.Do(func() { close(entered) }) }
+	cfg := testConfig()
+	cfg.Workers = 1
+	cfg.RevokeTimeout = time.Minute // a revoke would wait this long
+	c := newCoord(t, w, cfg)
+	tps := partitions(1)
+	assign(t, c, tps)
+	wait := runCoord(t, c, w)
+	if err := c.Submit(context.Background(), recordsOf(tps[0], 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, entered, "the batch to be in the sink")
+	lost := make(chan error, 1)
+	go func() { lost <- c.Lost(context.Background(), tps) }()
+	select {
+	case err := <-lost:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second): // only keeps a broken Lost from hanging the test
+		t.Fatal("Lost waited for the in-flight batch of a lost partition")
+	}
+	close(w.hold)
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.check()
+	if n := len(w.landed[tps[0]]); n != 0 {
+		t.Fatalf("%d records of the lost partition landed after the loss", n)
+	}
+	if w.cancelled == 0 {
+		t.Fatal("the in-flight batch was not cancelled")
+	}
+}
