@@ -259,4 +259,53 @@ func TestEndToEndScaleOut(t *testing.T) {
 			}
 		}
 	}
+	// commit before release: a partition's next owner starts where the
+	// last one's landed batches end, so no offset lands twice
+	checkSpansDisjoint(t, map[string]*proc{"a": a, "b": b, "c": c})
+}
+
+var spanRE = regexp.MustCompile(`^(.+/\d+)\[(\d+),(\d+)\)$`)
+
+type offsetRange struct {
+	proc       string
+	from, next int64
+}
+
+// checkSpansDisjoint reads the "batch landed" lines of the processes and
+// fails if two batches, of one process or two, cover an offset of the
+// same partition: a record landed twice.
+func checkSpansDisjoint(t *testing.T, procs map[string]*proc) {
+	t.Helper()
+	byPartition := map[string][]offsetRange{}
+	for name, p := range procs {
+		for _, m := range landedLine.FindAllStringSubmatch(p.logText(), -1) {
+			for _, sp := range strings.Split(m[1], ";") {
+				f := spanRE.FindStringSubmatch(sp)
+				if f == nil {
+					t.Fatalf("%s: span %q does not parse", name, sp)
+				}
+				from, _ := strconv.ParseInt(f[2], 10, 64)
+				next, _ := strconv.ParseInt(f[3], 10, 64)
+				byPartition[f[1]] = append(byPartition[f[1]], offsetRange{name, from, next})
+			}
+		}
+	}
+	if len(byPartition) == 0 {
+		t.Fatal("no batch landed in any process's log")
+	}
+	bad := 0
+	for tp, rs := range byPartition {
+		sort.Slice(rs, func(i, j int) bool { return rs[i].from < rs[j].from })
+		for i := 1; i < len(rs); i++ {
+			prev, cur := rs[i-1], rs[i]
+			if cur.from < prev.next {
+				if bad++; bad <= 5 {
+					t.Errorf("%s: offsets [%d,%d) landed by %s and [%d,%d) by %s overlap", tp, prev.from, prev.next, prev.proc, cur.from, cur.next, cur.proc)
+				}
+			}
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d overlapping batches: records landed twice", bad)
+	}
 }
