@@ -511,8 +511,13 @@ func TestQueueNeverExceedsCapacityAndWatermarksToggle(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	// the sink holds: the queue fills to capacity and Submit blocks
-	for c.Status().QueueSize < cfg.Capacity-4*cfg.BatchSize && time.Now().Before(deadline) {
+	// the sink holds: the queue fills to capacity and Submit blocks (the
+	// workers hold at most 4 batches of the 3000 records)
+	for c.Status().QueueSize < cfg.Capacity {
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue never filled with a stalled sink: depth %d, high watermark %d, capacity %d",
+				c.Status().QueueSize, cfg.HighWatermark, cfg.Capacity)
+		}
 		time.Sleep(time.Millisecond)
 	}
 	for range 50 {
@@ -840,10 +845,17 @@ func TestRevokeWaitsForInFlightCommitsAndForgets(t *testing.T) {
 	c := newCoord(t, w, cfg)
 	tps := partitions(2)
 	assign(t, c, tps)
+	entered := make(chan struct{})
+	var once sync.Once
+	var first []record.Span
+	w.entered = func(b *record.Batch) { once.Do(func() { first = b.Spans; close(entered) }) }
 	wait := runCoord(t, c, w)
 	feed(t, c, tps, 500)
 	// a batch is in flight and held; the rest is queued
-	time.Sleep(20 * time.Millisecond)
+	waitFor(t, entered, "a batch inside Write")
+	if !slices.ContainsFunc(first, func(sp record.Span) bool { return sp.TopicPartition == tps[0] }) {
+		t.Fatalf("the batch in flight (%v) holds nothing of the partition to revoke", first)
+	}
 	revoked := make(chan error, 1)
 	go func() { revoked <- w.revoke(c, tps[:1]) }()
 	select {
@@ -889,9 +901,13 @@ func TestLostCommitsNothing(t *testing.T) {
 	c := newCoord(t, w, cfg)
 	tps := partitions(1)
 	assign(t, c, tps)
+	entered := make(chan struct{})
+	var once sync.Once
+	w.entered = func(*record.Batch) { once.Do(func() { close(entered) }) }
 	wait := runCoord(t, c, w)
 	feed(t, c, tps, 300)
-	time.Sleep(20 * time.Millisecond)
+	// a batch of the partition is in flight, held inside Write
+	waitFor(t, entered, "a batch inside Write")
 	lost := make(chan error, 1)
 	go func() { lost <- c.Lost(context.Background(), tps) }()
 	time.Sleep(20 * time.Millisecond)

@@ -23,10 +23,51 @@ type memSink struct {
 	writing map[record.TopicPartition]string
 	bad     []string
 	delay   time.Duration
+	gate    chan struct{}  // when set, writes wait until it is closed
+	held    map[string]int // writes waiting at the gate, by member
+	landed  map[string]int // batches landed, by member
+}
+
+// holdWrites makes writes wait, from now on, until releaseWrites.
+func (s *memSink) holdWrites() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gate = make(chan struct{})
+	s.held = map[string]int{}
+}
+
+func (s *memSink) releaseWrites() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.gate)
+	s.gate = nil
+}
+
+// waitHeld waits until each of members has a write waiting at the gate.
+func (s *memSink) waitHeld(t *testing.T, members ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		all := true
+		for _, m := range members {
+			all = all && s.held[m] > 0
+		}
+		held := fmt.Sprint(s.held)
+		s.mu.Unlock()
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("writes held at the gate after 10s: %s; want some of each of %v", held, members)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func newMemSink() *memSink {
-	return &memSink{rows: map[record.TopicPartition]map[int64]int{}, writing: map[record.TopicPartition]string{}}
+	return &memSink{rows: map[record.TopicPartition]map[int64]int{}, writing: map[record.TopicPartition]string{},
+		landed: map[string]int{}}
 }
 
 func (s *memSink) writer(member string) coordinator.Sink { return &memWriter{s: s, member: member} }
@@ -45,13 +86,24 @@ func (w *memWriter) Write(ctx context.Context, b *record.Batch, _ func(context.C
 		}
 		s.writing[sp.TopicPartition] = w.member
 	}
+	gate := s.gate
+	if gate != nil {
+		s.held[w.member]++
+	}
 	s.mu.Unlock()
+	if gate != nil {
+		<-gate
+		s.mu.Lock()
+		s.held[w.member]--
+		s.mu.Unlock()
+	}
 	time.Sleep(s.delay)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sp := range b.Spans {
 		s.writing[sp.TopicPartition] = ""
 	}
+	s.landed[w.member]++
 	for _, r := range b.Records {
 		tp := r.TP()
 		if s.rows[tp] == nil {
@@ -173,6 +225,11 @@ func waitCommitted(t *testing.T, adm *kadm.Client, topic, group string, timeout 
 	t.Fatalf("group %s never committed the log end of %s", group, topic)
 }
 
+// check fails unless every offset below the log end landed exactly once:
+// none was lost, and none landed twice, which it would if a partition
+// were released before what landed of it was committed (its next owner
+// reads again from the last commit) or committed past records that never
+// landed. Nothing landed past the log end either.
 func (s *memSink) check(t *testing.T, partitions int, perPartition map[int32]int64) {
 	t.Helper()
 	s.mu.Lock()
@@ -182,10 +239,25 @@ func (s *memSink) check(t *testing.T, partitions int, perPartition map[int32]int
 	}
 	for p := range int32(partitions) {
 		tp := record.TopicPartition{Topic: "t", Partition: p}
+		if perPartition[p] == 0 {
+			t.Fatalf("%s: empty, the test needs records in every partition", tp)
+		}
+		twice := 0
 		for o := int64(0); o < perPartition[p]; o++ {
-			if s.rows[tp][o] == 0 {
+			switch n := s.rows[tp][o]; {
+			case n == 0:
 				t.Fatalf("%s@%d never landed", tp, o)
+			case n > 1:
+				if twice++; twice <= 3 {
+					t.Errorf("%s@%d landed %d times, want once", tp, o, n)
+				}
 			}
+		}
+		if twice > 0 {
+			t.Errorf("%s: %d offsets landed more than once", tp, twice)
+		}
+		if n := len(s.rows[tp]); int64(n) != perPartition[p] {
+			t.Errorf("%s: %d offsets landed, the log holds %d", tp, n, perPartition[p])
 		}
 	}
 }
@@ -237,9 +309,33 @@ func TestMembersShareAndHandOverPartitions(t *testing.T) {
 
 	a := startMember(t, "a", brokers, "t", "g2", sink)
 	b := startMember(t, "b", brokers, "t", "g2", sink)
+	// a and b hold batches in flight when c joins: the partitions c
+	// takes are revoked with batches in flight, which must land and be
+	// committed before the partitions go (else c reads them again from
+	// the last commit and they land twice). Few records, so that the
+	// queues keep room and the sources keep polling: a rebalance waits
+	// for a poll.
+	for deadline := time.Now().Add(30 * time.Second); ; { // until both own partitions
+		produce(t, cl, "t", 120)
+		time.Sleep(100 * time.Millisecond)
+		sink.mu.Lock()
+		both := sink.landed["a"] > 0 && sink.landed["b"] > 0
+		sink.mu.Unlock()
+		if both {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a and b did not both land batches within 30s")
+		}
+	}
+	sink.holdWrites()
+	produce(t, cl, "t", 600)
+	sink.waitHeld(t, "a", "b")
+	c := startMember(t, "c", brokers, "t", "g2", sink) // joins late
+	time.Sleep(time.Second)                            // c's join under way; the revokes wait (RevokeTimeout 5s)
+	sink.releaseWrites()
 	produce(t, cl, "t", 20000)
 	time.Sleep(300 * time.Millisecond)
-	c := startMember(t, "c", brokers, "t", "g2", sink) // joins late
 	produce(t, cl, "t", 20000)
 	time.Sleep(300 * time.Millisecond)
 	b.stop() // leaves mid-stream: its partitions are revoked and handed over

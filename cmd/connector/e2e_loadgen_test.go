@@ -56,5 +56,11 @@ func TestLoadgenCreatesMissingTopics(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "topic "+missing+" does not exist") {
 		t.Fatalf("loadgen to a missing topic with -partitions 0: %v, want an error naming it", err)
 	}
+	// at once: without waiting out a metadata retry loop (franz-go's
+	// default retry timeout is 30s); 5s covers a metadata round trip on a
+	// loaded machine many times over
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("refused after %s, want at once (under 5s)", took.Round(time.Millisecond))
+	}
 	t.Logf("refused in %s", time.Since(start).Round(time.Millisecond))
 }

@@ -8,8 +8,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/ktsink/connector/internal/testenv"
 )
 
 // TestMigrateTwice runs `connector migrate` twice over the four built-in
@@ -19,17 +21,58 @@ import (
 // database, bars and options are hypertables with compression and its
 // policy, and bars_1h is a continuous aggregate with a refresh policy;
 // without it, the log says so once and nothing of TimescaleDB is asked for.
+// It runs on DATABASE_URL (plain PostgreSQL under make test) and on
+// TIMESCALE_URL, where the TimescaleDB checks must pass.
 func TestMigrateTwice(t *testing.T) {
-	e := newEnv(t, 1)
+	t.Run("postgres", func(t *testing.T) {
+		migrateTwice(t, newEnv(t, 1), false)
+	})
+	t.Run("timescaledb", func(t *testing.T) {
+		// the test database serves one session at a time: withConn
+		// connects only while no connector runs
+		migrateTwice(t, newEnvWithout(t, testenv.Kafka(t), testenv.Timescale(t), 1, 1, nil), true)
+	})
+}
+
+// withConn runs f on e.db, or, when e has none, on a connection of its own
+// (search_path set to the test schema), closed after.
+func (e *env) withConn(f func(db *pgx.Conn)) {
+	e.t.Helper()
+	if e.db != nil {
+		f(e.db)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		e.t.Fatalf("connecting to %s: %v", e.dsn, err)
+	}
+	defer db.Close(context.Background())
+	// the test database takes no settings from the connection string
+	if _, err := db.Exec(ctx, "SET search_path TO "+pgx.Identifier{e.schema}.Sanitize()+", public"); err != nil {
+		e.t.Fatal(err)
+	}
+	f(db)
+}
+
+// migrateTwice is TestMigrateTwice on e's database; requireTimescale says
+// the timescaledb extension must be there and its checks run.
+func migrateTwice(t *testing.T, e *env, requireTimescale bool) {
 	ctx := context.Background()
-	if _, err := e.db.Exec(ctx, `CREATE TABLE news (id text PRIMARY KEY, ts timestamptz, source text, headline text,
+	var timescale bool
+	e.withConn(func(db *pgx.Conn) {
+		if _, err := db.Exec(ctx, `CREATE TABLE news (id text PRIMARY KEY, ts timestamptz, source text, headline text,
 	symbols text[], url text, body text, note text);
 INSERT INTO news (id, headline, note) VALUES ('kept', 'an existing row', 'an extra column')`); err != nil {
-		t.Fatal(err)
-	}
-	var timescale bool
-	if err := e.db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')").Scan(&timescale); err != nil {
-		t.Fatal(err)
+			t.Fatal(err)
+		}
+		if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')").Scan(&timescale); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if requireTimescale && !timescale {
+		t.Fatalf("the timescaledb extension is not in the database at %s", e.dsn)
 	}
 	cfg := e.modelConfig("migrate", `  - {name: bars, kind: bars}
   - {name: options, kind: options}
@@ -62,6 +105,18 @@ INSERT INTO news (id, headline, note) VALUES ('kept', 'an existing row', 'an ext
 		}
 	}
 
+	e.withConn(func(db *pgx.Conn) {
+		prev := e.db
+		e.db = db
+		defer func() { e.db = prev }()
+		checkMigrated(t, e, timescale)
+	})
+}
+
+// checkMigrated checks the relations migrate made in e's schema, and with
+// timescale the hypertables, compression, policies and aggregate.
+func checkMigrated(t *testing.T, e *env, timescale bool) {
+	ctx := context.Background()
 	rows, err := e.db.Query(ctx, `SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND c.relkind IN ('r', 'i', 'p') ORDER BY 1`, e.schema)
 	if err != nil {
@@ -117,6 +172,26 @@ WHERE hypertable_schema = $1`, e.schema)
 	if err := e.db.QueryRow(ctx, `SELECT time_interval::text FROM timescaledb_information.dimensions
 WHERE hypertable_schema = $1 AND hypertable_name = 'readings'`, e.schema).Scan(&chunk); err != nil || chunk != "12:00:00" {
 		t.Errorf("readings chunk interval %q (%v), want 12:00:00", chunk, err)
+	}
+	// the generic mapping's compress_after (72h) is its compression
+	// policy's; bars and options keep the default (7 days)
+	compressAfter := map[string]string{}
+	rows, err = e.db.Query(ctx, `SELECT hypertable_name::text, config->>'compress_after' FROM timescaledb_information.jobs
+WHERE proc_name = 'policy_compression' AND hypertable_schema = $1`, e.schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &after}, func() error {
+		compressAfter[name] = after
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for table, want := range map[string]string{"readings": "72:00:00", "bars": "168:00:00", "options": "168:00:00"} {
+		if got := compressAfter[table]; got != want {
+			t.Errorf("%s compress_after %q, want %s; policies %v", table, got, want, compressAfter)
+		}
 	}
 	var caggs, policies int
 	err = errors.Join(
