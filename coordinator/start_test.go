@@ -53,6 +53,11 @@ func (m mapStore) StoredOffsets(_ context.Context, tps []record.TopicPartition) 
 	return out, nil
 }
 
+func (m mapStore) ResetStoredOffset(_ context.Context, tp record.TopicPartition, off int64) error {
+	m[tp] = off
+	return nil
+}
+
 // inDoubtWAL is the world's WAL, which also reports batches in doubt.
 type inDoubtWAL struct {
 	*world
@@ -118,7 +123,7 @@ func TestAssignDecidesStarts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			starts, err := c.Assign(context.Background(), map[record.TopicPartition]int64{tp: tt.committed})
+			starts, err := c.Assign(context.Background(), map[record.TopicPartition]record.Assigned{tp: {Committed: tt.committed, LogStart: -1, LogEnd: -1}})
 			if err != nil {
 				t.Fatal(err)
 			}
