@@ -24,6 +24,13 @@ func (p *problems) enum(setting string, err error) {
 	}
 }
 
+// positive records setting as invalid when v is not positive.
+func positive[T ~int | ~int64](p *problems, setting string, v T) {
+	if v <= 0 {
+		p.add(setting, "must be positive, got %v", v)
+	}
+}
+
 // err joins every problem recorded; nil for none.
 func (p *problems) err() error { return errors.Join(p.errs...) }
 
@@ -32,9 +39,7 @@ func (p *problems) err() error { return errors.Join(p.errs...) }
 // table of each topic, its mode).
 func (c *Config) Validate() error {
 	var p problems
-	if c.ShutdownTimeout <= 0 {
-		p.add("shutdown_timeout", "must be positive, got %s", c.ShutdownTimeout)
-	}
+	positive(&p, "shutdown_timeout", c.ShutdownTimeout)
 	return errors.Join(
 		c.Kafka.validate(),
 		c.Postgres.validate(),
@@ -64,20 +69,14 @@ func (k *Kafka) validate() error {
 	if k.Group == "" {
 		p.add("kafka.group", "required")
 	}
-	if k.MaxPollRecords <= 0 {
-		p.add("kafka.max_poll_records", "must be positive, got %d", k.MaxPollRecords)
-	}
+	positive(&p, "kafka.max_poll_records", k.MaxPollRecords)
 	if k.FetchMaxBytes <= 0 || k.FetchMaxBytes >= 2<<30 {
 		p.add("kafka.fetch_max_bytes", "must be positive and below 2GiB, got %s", k.FetchMaxBytes)
 	}
 	p.enum("kafka.start_from", startFroms.check(k.StartFrom))
 	p.enum("kafka.start_past_end", pastEnds.check(k.StartPastEnd))
-	if k.SessionTimeout <= 0 {
-		p.add("kafka.session_timeout", "must be positive, got %s", k.SessionTimeout)
-	}
-	if k.RebalanceTimeout <= 0 {
-		p.add("kafka.rebalance_timeout", "must be positive, got %s", k.RebalanceTimeout)
-	}
+	positive(&p, "kafka.session_timeout", k.SessionTimeout)
+	positive(&p, "kafka.rebalance_timeout", k.RebalanceTimeout)
 	k.TLS.check(&p)
 	k.SASL.check(&p)
 	return p.err()
@@ -104,31 +103,19 @@ func (pg *Postgres) validate() error {
 
 func (co *Coordinator) validate() error {
 	var p problems
-	if co.Capacity <= 0 {
-		p.add("coordinator.capacity", "must be positive, got %d", co.Capacity)
-	}
-	if co.Workers <= 0 {
-		p.add("coordinator.workers", "must be positive, got %d", co.Workers)
-	}
-	if co.BatchSize <= 0 {
-		p.add("coordinator.batch_size", "must be positive, got %d", co.BatchSize)
-	}
+	positive(&p, "coordinator.capacity", co.Capacity)
+	positive(&p, "coordinator.workers", co.Workers)
+	positive(&p, "coordinator.batch_size", co.BatchSize)
 	if co.Capacity > 0 && co.BatchSize > co.Capacity {
 		p.add("coordinator.batch_size", "%d exceeds coordinator.capacity %d", co.BatchSize, co.Capacity)
 	}
-	if co.FlushInterval <= 0 {
-		p.add("coordinator.flush_interval", "must be positive, got %s", co.FlushInterval)
-	}
+	positive(&p, "coordinator.flush_interval", co.FlushInterval)
 	if !(co.LowWatermark > 0 && co.LowWatermark < co.HighWatermark && co.HighWatermark <= 1) {
 		p.add("coordinator.high_watermark", "need 0 < low_watermark (%g) < high_watermark (%g) <= 1", co.LowWatermark, co.HighWatermark)
 	}
 	p.enum("coordinator.overflow", overflows.check(co.Overflow))
-	if co.RevokeTimeout <= 0 {
-		p.add("coordinator.revoke_timeout", "must be positive, got %s", co.RevokeTimeout)
-	}
-	if co.MaxBytes <= 0 {
-		p.add("coordinator.max_bytes", "must be positive, got %s", co.MaxBytes)
-	}
+	positive(&p, "coordinator.revoke_timeout", co.RevokeTimeout)
+	positive(&p, "coordinator.max_bytes", co.MaxBytes)
 	if co.BatchMaxBytes <= 0 {
 		p.add("coordinator.batch_max_bytes", "must be positive, got %s", co.BatchMaxBytes)
 	} else if co.MaxBytes > 0 && co.BatchMaxBytes > co.MaxBytes {
@@ -155,12 +142,8 @@ func (c *Config) validateBudget() error {
 
 func (r *Retry) validate() error {
 	var p problems
-	if r.MaxAttempts <= 0 {
-		p.add("retry.max_attempts", "must be positive, got %d", r.MaxAttempts)
-	}
-	if r.InitialBackoff <= 0 {
-		p.add("retry.initial_backoff", "must be positive, got %s", r.InitialBackoff)
-	}
+	positive(&p, "retry.max_attempts", r.MaxAttempts)
+	positive(&p, "retry.initial_backoff", r.InitialBackoff)
 	if r.MaxBackoff < r.InitialBackoff {
 		p.add("retry.max_backoff", "%s is below retry.initial_backoff %s", r.MaxBackoff, r.InitialBackoff)
 	}
@@ -172,12 +155,8 @@ func (r *Retry) validate() error {
 
 func (b *Breaker) validate() error {
 	var p problems
-	if b.FailureThreshold <= 0 {
-		p.add("circuit_breaker.failure_threshold", "must be positive, got %d", b.FailureThreshold)
-	}
-	if b.HalfOpenAfter <= 0 {
-		p.add("circuit_breaker.half_open_after", "must be positive, got %s", b.HalfOpenAfter)
-	}
+	positive(&p, "circuit_breaker.failure_threshold", b.FailureThreshold)
+	positive(&p, "circuit_breaker.half_open_after", b.HalfOpenAfter)
 	return p.err()
 }
 
@@ -205,9 +184,7 @@ func (d *DLQ) validate() error {
 
 func (m *Metrics) validate() error {
 	var p problems
-	if m.QueuePoll <= 0 {
-		p.add("metrics.queue_poll", "must be positive, got %s", m.QueuePoll)
-	}
+	positive(&p, "metrics.queue_poll", m.QueuePoll)
 	return p.err()
 }
 

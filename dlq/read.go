@@ -114,9 +114,35 @@ func ReadFilesTorn(path string) ([]Letter, []TornLine, error) {
 // of its own (no consumer group, nothing committed). opts add to the
 // client's options (SASL, TLS, a logger).
 func ReadTopic(ctx context.Context, brokers []string, topic string, opts ...kgo.Opt) ([]Letter, error) {
+	from, until, err := topicBounds(ctx, brokers, topic, opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(until) == 0 {
+		return nil, nil
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from})}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: creating consumer: %w", err)
+	}
+	defer cl.Close()
+	var out []Letter
+	for len(until) > 0 {
+		if out, err = readFetch(ctx, cl, topic, until, out); err != nil {
+			return out, fmt.Errorf("dlq: reading topic %s: %w", topic, err)
+		}
+	}
+	return out, nil
+}
+
+// topicBounds lists, with a client of its own, where each partition of
+// topic that holds records starts (from) and ends (until: the end offset
+// still to reach).
+func topicBounds(ctx context.Context, brokers []string, topic string, opts []kgo.Opt) (from map[int32]kgo.Offset, until map[int32]int64, err error) {
 	admCl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("dlq: creating client: %w", err)
+		return nil, nil, fmt.Errorf("dlq: creating client: %w", err)
 	}
 	adm := kadm.NewClient(admCl)
 	starts, err := adm.ListStartOffsets(ctx, topic)
@@ -132,10 +158,9 @@ func ReadTopic(ctx context.Context, brokers []string, topic string, opts ...kgo.
 	}
 	admCl.Close()
 	if err != nil {
-		return nil, fmt.Errorf("dlq: listing offsets of topic %s: %w", topic, err)
+		return nil, nil, fmt.Errorf("dlq: listing offsets of topic %s: %w", topic, err)
 	}
-	from := map[int32]kgo.Offset{}
-	until := map[int32]int64{} // partition -> end offset still to reach
+	from, until = map[int32]kgo.Offset{}, map[int32]int64{}
 	ends.Each(func(lo kadm.ListedOffset) {
 		s, _ := starts.Lookup(topic, lo.Partition)
 		if lo.Offset > s.Offset {
@@ -143,67 +168,58 @@ func ReadTopic(ctx context.Context, brokers []string, topic string, opts ...kgo.
 			until[lo.Partition] = lo.Offset
 		}
 	})
-	if len(until) == 0 {
-		return nil, nil
+	return from, until, nil
+}
+
+// readFetch polls one fetch and appends its letters below the end offsets
+// of until to out, deleting from until the partitions it has read to the
+// end. A partition that yields nothing for readStall (its last offsets
+// being transaction markers, say) ends the read with an error rather than
+// a hang.
+func readFetch(ctx context.Context, cl *kgo.Client, topic string, until map[int32]int64, out []Letter) ([]Letter, error) {
+	pctx, cancel := context.WithTimeout(ctx, readStall)
+	fs := cl.PollFetches(pctx)
+	stalled := pctx.Err() != nil
+	cancel()
+	if err := ctx.Err(); err != nil {
+		return out, err
 	}
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from})}, opts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("dlq: creating consumer: %w", err)
+	if stalled && fs.NumRecords() == 0 {
+		var short []string
+		for p, end := range until {
+			short = append(short, fmt.Sprintf("partition %d (end offset %d)", p, end))
+		}
+		slices.Sort(short)
+		return out, fmt.Errorf("nothing more read within %s from %s", readStall, strings.Join(short, ", "))
 	}
-	defer cl.Close()
-	var out []Letter
-	for len(until) > 0 {
-		// a partition that yields nothing for a while (its last offsets
-		// being transaction markers, say) ends the read with an error
-		// rather than a hang
-		pctx, cancel := context.WithTimeout(ctx, readStall)
-		fs := cl.PollFetches(pctx)
-		stalled := pctx.Err() != nil
-		cancel()
-		if err := ctx.Err(); err != nil {
-			return out, fmt.Errorf("dlq: reading topic %s: %w", topic, err)
-		}
-		if stalled && fs.NumRecords() == 0 {
-			var short []string
-			for p, end := range until {
-				short = append(short, fmt.Sprintf("partition %d (end offset %d)", p, end))
-			}
-			slices.Sort(short)
-			return out, fmt.Errorf("dlq: reading topic %s: nothing more read within %s from %s", topic, readStall, strings.Join(short, ", "))
-		}
-		var fetchErr error
-		fs.EachError(func(t string, p int32, err error) {
-			fetchErr = errors.Join(fetchErr, fmt.Errorf("partition %d: %w", p, err))
-		})
-		if fetchErr != nil {
-			return out, fmt.Errorf("dlq: reading topic %s: %w", topic, fetchErr)
-		}
-		fs.EachPartition(func(p kgo.FetchTopicPartition) {
-			end, ok := until[p.Partition]
-			if !ok {
-				return
-			}
-			for _, r := range p.Records {
-				if r.Offset >= end {
-					break
-				}
-				l, err := FromRecord(r)
-				if err != nil {
-					fetchErr = errors.Join(fetchErr, err)
-					continue
-				}
-				out = append(out, l)
-			}
-			if n := len(p.Records); n > 0 && p.Records[n-1].Offset+1 >= end {
-				delete(until, p.Partition)
-			}
-		})
-		if fetchErr != nil {
-			return out, fmt.Errorf("dlq: reading topic %s: %w", topic, fetchErr)
-		}
+	var fetchErr error
+	fs.EachError(func(t string, p int32, err error) {
+		fetchErr = errors.Join(fetchErr, fmt.Errorf("partition %d: %w", p, err))
+	})
+	if fetchErr != nil {
+		return out, fetchErr
 	}
-	return out, nil
+	fs.EachPartition(func(p kgo.FetchTopicPartition) {
+		end, ok := until[p.Partition]
+		if !ok {
+			return
+		}
+		for _, r := range p.Records {
+			if r.Offset >= end {
+				break
+			}
+			l, err := FromRecord(r)
+			if err != nil {
+				fetchErr = errors.Join(fetchErr, err)
+				continue
+			}
+			out = append(out, l)
+		}
+		if n := len(p.Records); n > 0 && p.Records[n-1].Offset+1 >= end {
+			delete(until, p.Partition)
+		}
+	})
+	return out, fetchErr
 }
 
 // FromRecord rebuilds a letter from a record of the dead-letter topic: the

@@ -67,108 +67,49 @@ type Metrics struct {
 func New(reg prometheus.Registerer) *Metrics {
 	lat := []float64{.001, .002, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10}
 	m := &Metrics{
-		SinkWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sink_writes_total", Help: "Sink write attempts (one transaction each), by outcome (ok, error).",
-		}, []string{"outcome"}),
-		SinkWriteLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sink_write_latency_seconds", Help: "Duration of one sink write attempt (one transaction).", Buckets: lat,
-		}),
-		ItemsSubmitted: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mds_coord_items_submitted_total", Help: "Records submitted to the coordinator queue.",
-		}),
-		ItemsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mds_coord_items_dropped_total", Help: "Records dropped from the queue by the overflow strategy (they go to the dead letters), by reason.",
-		}, []string{"reason"}),
-		QueueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mds_coord_queue_depth", Help: "Records in the coordinator queue now.",
-		}),
-		QueueCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mds_coord_queue_capacity", Help: "Capacity of the coordinator queue, in records.",
-		}),
-		QueueBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mds_coord_queue_bytes", Help: "Record bytes (keys, values, headers) in the coordinator queue now.",
-		}),
-		InflightBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ktsink_inflight_bytes", Help: "Record bytes taken from the queue and not yet ended: in batches being written, and dropped records waiting for their dead letters.",
-		}),
-		MaxBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ktsink_max_bytes", Help: "The byte budget (coordinator.max_bytes): queued plus in-flight record bytes pause fetching at its high watermark share.",
-		}),
-		QueueHighWatermark: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mds_coord_queue_high_watermark", Help: "Queue depth at which fetching pauses, in records.",
-		}),
-		QueueLowWatermark: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mds_coord_queue_low_watermark", Help: "Queue depth below which fetching resumes, in records.",
-		}),
-		WorkersAlive: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mds_coord_workers_alive", Help: "Worker goroutines running.",
-		}),
-		CircuitState: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "mds_coord_circuit_state", Help: "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-		}),
-		BatchesWritten: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mds_worker_batches_written_total", Help: "Batches landed (database commit and WAL applied).",
-		}),
-		WriteErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "mds_worker_write_errors_total", Help: "Failed batch write attempts, by error class.",
-		}, []string{"class"}),
-		WorkerLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "mds_worker_write_latency_seconds", Help: "Batch latency from WAL append to WAL applied, retries included.", Buckets: lat,
-		}),
-		BatchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "ktsink_batch_records", Help: "Records per batch.", Buckets: prometheus.ExponentialBuckets(1, 4, 8),
-		}),
-		RecordsConsumed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_records_consumed_total", Help: "Records fetched from Kafka, by topic.",
-		}, []string{"topic"}),
-		RecordsWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_records_written_total", Help: "Records landed in the database, by topic.",
-		}, []string{"topic"}),
-		RecordsDeadLetter: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_records_dead_lettered_total", Help: "Records sent to the dead letters, by topic and error class.",
-		}, []string{"topic", "class"}),
-		Tombstones: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_tombstones_total", Help: "Tombstone records (null value), by topic and action (deleted, skipped).",
-		}, []string{"topic", "action"}),
-		EndToEndLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "ktsink_end_to_end_latency_seconds", Help: "Record timestamp to offset commit, sampled at the last record of each partition per commit.", Buckets: lat,
-		}),
-		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "ktsink_consumer_lag_records", Help: "Records between the committed offset and the log end, by topic and partition.",
-		}, []string{"topic", "partition"}),
-		OffsetCommits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_offset_commits_total", Help: "Offset commits to Kafka, by outcome (ok, error).",
-		}, []string{"outcome"}),
-		Rebalances: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_rebalances_total", Help: "Partition assignment changes, by kind (assigned, revoked, lost).",
-		}, []string{"kind"}),
-		PausedPartitions: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ktsink_paused_partitions", Help: "Partitions whose fetching is paused now.",
-		}),
-		FetchPaused: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ktsink_fetch_paused", Help: "1 while fetching is paused by backpressure or an open breaker.",
-		}),
-		Retries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ktsink_retries_total", Help: "Batch write retries after transient errors.",
-		}),
-		BreakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_breaker_transitions_total", Help: "Circuit breaker transitions, by state entered.",
-		}, []string{"to"}),
-		WALPending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ktsink_wal_pending_batches", Help: "Batches in the WAL not yet applied.",
-		}),
-		WALFileBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ktsink_wal_file_bytes", Help: "Size of the WAL file.",
-		}),
-		WALInDoubt: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ktsink_wal_in_doubt_batches_total", Help: "Batches found pending in the WAL on assignment (re-read and re-applied).",
-		}),
-		DeadLetterFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ktsink_dead_letter_write_failures_total", Help: "Failed attempts to make dead letters durable (file or topic); the records they carry are held, their offsets not committed, and retried.",
-		}),
-		BatchesAbandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ktsink_batches_abandoned_total", Help: "Batches given up for some or all of their partitions, their records there left unwritten and uncommitted for the partitions' next owner, by reason: revoked (revoked while the batch waited past coordinator.revoke_timeout), fenced (another process owns the exactly_once partitions).",
-		}, []string{"reason"}),
+		// the seed's ten (see the package documentation)
+		SinkWrites:       counterVec("sink_writes_total", "Sink write attempts (one transaction each), by outcome (ok, error).", "outcome"),
+		SinkWriteLatency: histogram("sink_write_latency_seconds", "Duration of one sink write attempt (one transaction).", lat),
+		ItemsSubmitted:   counter("mds_coord_items_submitted_total", "Records submitted to the coordinator queue."),
+		ItemsDropped:     counterVec("mds_coord_items_dropped_total", "Records dropped from the queue by the overflow strategy (they go to the dead letters), by reason.", "reason"),
+		QueueDepth:       gauge("mds_coord_queue_depth", "Records in the coordinator queue now."),
+		WorkersAlive:     gauge("mds_coord_workers_alive", "Worker goroutines running."),
+		CircuitState:     gauge("mds_coord_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+		BatchesWritten:   counter("mds_worker_batches_written_total", "Batches landed (database commit and WAL applied)."),
+		WriteErrors:      counterVec("mds_worker_write_errors_total", "Failed batch write attempts, by error class.", "class"),
+		WorkerLatency:    histogram("mds_worker_write_latency_seconds", "Batch latency from WAL append to WAL applied, retries included.", lat),
+
+		// the queue, its watermarks and the byte budget
+		QueueCapacity:      gauge("mds_coord_queue_capacity", "Capacity of the coordinator queue, in records."),
+		QueueHighWatermark: gauge("mds_coord_queue_high_watermark", "Queue depth at which fetching pauses, in records."),
+		QueueLowWatermark:  gauge("mds_coord_queue_low_watermark", "Queue depth below which fetching resumes, in records."),
+		QueueBytes:         gauge("mds_coord_queue_bytes", "Record bytes (keys, values, headers) in the coordinator queue now."),
+		InflightBytes:      gauge("ktsink_inflight_bytes", "Record bytes taken from the queue and not yet ended: in batches being written, and dropped records waiting for their dead letters."),
+		MaxBytes:           gauge("ktsink_max_bytes", "The byte budget (coordinator.max_bytes): queued plus in-flight record bytes pause fetching at its high watermark share."),
+
+		// records and batches
+		BatchSize:          histogram("ktsink_batch_records", "Records per batch.", prometheus.ExponentialBuckets(1, 4, 8)),
+		RecordsConsumed:    counterVec("ktsink_records_consumed_total", "Records fetched from Kafka, by topic.", "topic"),
+		RecordsWritten:     counterVec("ktsink_records_written_total", "Records landed in the database, by topic.", "topic"),
+		RecordsDeadLetter:  counterVec("ktsink_records_dead_lettered_total", "Records sent to the dead letters, by topic and error class.", "topic", "class"),
+		Tombstones:         counterVec("ktsink_tombstones_total", "Tombstone records (null value), by topic and action (deleted, skipped).", "topic", "action"),
+		EndToEndLatency:    histogram("ktsink_end_to_end_latency_seconds", "Record timestamp to offset commit, sampled at the last record of each partition per commit.", lat),
+		Retries:            counter("ktsink_retries_total", "Batch write retries after transient errors."),
+		BreakerTransitions: counterVec("ktsink_breaker_transitions_total", "Circuit breaker transitions, by state entered.", "to"),
+		BatchesAbandoned:   counterVec("ktsink_batches_abandoned_total", "Batches given up for some or all of their partitions, their records there left unwritten and uncommitted for the partitions' next owner, by reason: revoked (revoked while the batch waited past coordinator.revoke_timeout), fenced (another process owns the exactly_once partitions).", "reason"),
+
+		// Kafka: lag, commits, rebalances, backpressure
+		ConsumerLag:      gaugeVec("ktsink_consumer_lag_records", "Records between the committed offset and the log end, by topic and partition.", "topic", "partition"),
+		OffsetCommits:    counterVec("ktsink_offset_commits_total", "Offset commits to Kafka, by outcome (ok, error).", "outcome"),
+		Rebalances:       counterVec("ktsink_rebalances_total", "Partition assignment changes, by kind (assigned, revoked, lost).", "kind"),
+		PausedPartitions: gauge("ktsink_paused_partitions", "Partitions whose fetching is paused now."),
+		FetchPaused:      gauge("ktsink_fetch_paused", "1 while fetching is paused by backpressure or an open breaker."),
+
+		// the WAL and the dead letters
+		WALPending:         gauge("ktsink_wal_pending_batches", "Batches in the WAL not yet applied."),
+		WALFileBytes:       gauge("ktsink_wal_file_bytes", "Size of the WAL file."),
+		WALInDoubt:         counter("ktsink_wal_in_doubt_batches_total", "Batches found pending in the WAL on assignment (re-read and re-applied)."),
+		DeadLetterFailures: counter("ktsink_dead_letter_write_failures_total", "Failed attempts to make dead letters durable (file or topic); the records they carry are held, their offsets not committed, and retried."),
 	}
 	if reg != nil {
 		for _, c := range m.collectors() {
@@ -176,6 +117,28 @@ func New(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	return m
+}
+
+// counter, counterVec, gauge, gaugeVec and histogram create a collector
+// from its name, help text and labels (or buckets), for New's table.
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+}
+
+func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+}
+
+func histogram(name, help string, buckets []float64) prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
 }
 
 // Classes are the label values of mds_worker_write_errors_total.

@@ -78,22 +78,15 @@
 package wal
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
-	"runtime/debug"
-	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/ktsink/connector/record"
 )
@@ -192,34 +185,6 @@ func (e *Entry) Span(tp record.TopicPartition) (record.Span, bool) {
 	return record.Span{}, false
 }
 
-// Recovery is what the WAL knows about one partition after a restart.
-type Recovery struct {
-	// AppliedThrough is the offset up to which (exclusive) the partition's
-	// records are known to be in the database: the end of the chain of
-	// applied spans that starts at the committed offset. It equals the
-	// committed offset when nothing chains, and is -1 when there was no
-	// committed offset. Commit it before consuming.
-	AppliedThrough int64
-	// InDoubt holds the pending entries with a span of the partition that
-	// ends past AppliedThrough, by ID: their transactions may or may not
-	// have committed, so their records must be read again and re-applied.
-	InDoubt []Entry
-	// Trimmed is how many stale entries (all spans at or below the
-	// committed offset) Recover deleted.
-	Trimmed int
-}
-
-// Stats counts the entries of a WAL.
-type Stats struct {
-	Pending int
-	Applied int
-	// OldestPending is the Created time of the oldest pending entry; zero
-	// when there is none. A pending entry that stays old is a stuck batch.
-	OldestPending time.Time
-	// FileBytes is the size of the file on disk.
-	FileBytes int64
-}
-
 type options struct {
 	noSync bool
 	now    func() time.Time
@@ -311,24 +276,8 @@ func Open(path string, opts ...Option) (*WAL, error) {
 	}
 	var st Stats
 	err = safely(func() error {
-		return db.Update(func(tx *bolt.Tx) error {
-			meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-			if err != nil {
-				return err
-			}
-			if v := meta.Get(keyVersion); v == nil {
-				if err := meta.Put(keyVersion, []byte{formatVersion}); err != nil {
-					return err
-				}
-			} else if len(v) != 1 || v[0] != formatVersion {
-				return fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
-			}
-			for _, name := range [][]byte{bucketEntries, bucketIndex} {
-				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-					return err
-				}
-			}
-			st, err = countEntries(tx)
+		return db.Update(func(tx *bolt.Tx) (err error) {
+			st, err = prepare(tx)
 			return err
 		})
 	})
@@ -340,145 +289,36 @@ func Open(path string, opts ...Option) (*WAL, error) {
 	return w, nil
 }
 
-// openError wraps an error of opening or reading the file at path: the
-// lock timeout becomes ErrLocked, a sign of a damaged file ErrCorrupt (see
-// isCorrupt), with the remedy.
-func openError(doing, path string, err error) error {
-	switch {
-	case errors.Is(err, berrors.ErrTimeout):
-		return fmt.Errorf("%s wal %s: %w (waited %s for the file lock; is another connector using this path?)",
-			doing, path, ErrLocked, LockTimeout)
-	case errors.Is(err, ErrCorrupt):
-		return fmt.Errorf("%s wal %s: %w; %s", doing, path, err, resetHint(path))
-	case isCorrupt(err):
-		return fmt.Errorf("%s wal %s: %w: %w; %s", doing, path, ErrCorrupt, err, resetHint(path))
-	}
-	return fmt.Errorf("%s wal %s: %w", doing, path, err)
-}
-
-// resetHint says how to get past a corrupt file at path, and what it costs
-// (see the package documentation).
-func resetHint(path string) string {
-	return fmt.Sprintf("the WAL holds no records, only which batches landed: to reset it, stop the connector, "+
-		"move the file aside (mv %s %s.corrupt) and start again; every partition then starts at its committed offset "+
-		"in Kafka (exactly_once topics: at the offset stored with the rows) and what follows it is read and applied "+
-		"again, the batches in doubt included", path, path)
-}
-
-// isCorrupt says whether err, from opening or reading the file with bbolt,
-// is about what the file holds rather than about reaching it: bbolt's
-// sentinels for unreadable meta pages, a panic or memory fault of bbolt's
-// (recovered by safely), and any other error of bbolt's that is not the
-// lock timeout nor an operating-system error (a file too small to hold its
-// meta pages is such an error, with no sentinel). The unknown leans to
-// corrupt: the remedy, moving the file aside, never loses data, while
-// starting on a file that cannot be read whole could.
-func isCorrupt(err error) bool {
-	var pathErr *fs.PathError
-	var errno syscall.Errno
-	var panicked *panicError
-	switch {
-	case errors.Is(err, ErrCorrupt), errors.As(err, &panicked),
-		errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
-		return true
-	case errors.Is(err, berrors.ErrTimeout), errors.Is(err, ErrUnsupportedFormat), errors.Is(err, ErrClosed),
-		errors.As(err, &pathErr), errors.As(err, &errno):
-		return false
-	}
-	return true
-}
-
-// checkFile reads every page of the existing WAL file at path that bbolt
-// reaches from its root, read-only, with panics and memory faults
-// recovered, before Open lets bbolt open it for writing: with
-// NoFreelistSync, bbolt's Open walks those pages to rebuild the free list,
-// in a goroutine of its own where a panic or a fault on a damaged page
-// would crash the process. A missing or empty file is a new one.
-func checkFile(path string) error {
-	if st, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) || err == nil && st.Size() == 0 {
-		return nil
-	}
-	db, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: LockTimeout})
+// prepare readies a file Open has opened: it checks the format version, or
+// writes it into a new file, creates the buckets a new file lacks, and
+// counts the entries.
+func prepare(tx *bolt.Tx) (Stats, error) {
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
-		return openError("opening", path, err)
+		return Stats{}, err
 	}
-	err = safely(func() error { return db.View(readPages) })
-	if cerr := db.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	if err != nil {
-		return openError("opening", path, err)
-	}
-	return nil
-}
-
-// readPages visits every page of every bucket, nested ones included.
-func readPages(tx *bolt.Tx) error {
-	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return readBucket(b) })
-}
-
-func readBucket(b *bolt.Bucket) error {
-	_ = b.Stats() // visits each page of b and of the buckets in it
-	return b.ForEach(func(k, v []byte) error {
-		if v == nil {
-			if sub := b.Bucket(k); sub != nil {
-				return readBucket(sub)
-			}
+	if v := meta.Get(keyVersion); v == nil {
+		if err := meta.Put(keyVersion, []byte{formatVersion}); err != nil {
+			return Stats{}, err
 		}
-		return nil
-	})
-}
-
-// openBolt is bolt.Open with its panics recovered (see safely). A panic
-// leaves bbolt's DB unreturned: openBolt closes the file it opened, which
-// releases the lock; the memory mapping stays until the process exits.
-func openBolt(path string, opts *bolt.Options) (*bolt.DB, error) {
-	var f *os.File
-	o := *opts
-	o.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
-		var err error
-		f, err = os.OpenFile(name, flag, perm)
-		return f, err
+	} else if len(v) != 1 || v[0] != formatVersion {
+		return Stats{}, fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
 	}
-	var db *bolt.DB
-	err := safely(func() error {
-		var err error
-		db, err = bolt.Open(path, 0o600, &o)
-		return err
-	})
-	var panicked *panicError
-	if errors.As(err, &panicked) && f != nil {
-		f.Close()
-	}
-	return db, err
-}
-
-// panicError is a panic of bbolt's, recovered by safely: bbolt panics on
-// some damaged pages instead of returning an error.
-type panicError struct{ v any }
-
-func (e *panicError) Error() string { return fmt.Sprintf("bbolt panicked: %v", e.v) }
-
-// safely runs fn, which reads the file through bbolt, and returns a panic
-// of fn's as a *panicError. A memory fault reading the mapped file (a page
-// beyond the end of a truncated file) panics too, instead of crashing the
-// process: debug.SetPanicOnFault for the calling goroutine while fn runs.
-func safely(fn func() error) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			err = &panicError{v: r}
+	for _, name := range [][]byte{bucketEntries, bucketIndex} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return Stats{}, err
 		}
-	}()
-	return fn()
+	}
+	return countEntries(tx)
 }
 
-// Path returns the file's path.
+// Path returns the file's path. Safe for concurrent use, also after Close.
 func (w *WAL) Path() string { return w.path }
 
 // Append records a batch as pending and returns its ID once the entry is
 // durable (see the package documentation for WithNoSync). Call it before
-// the batch's database transaction starts.
+// the batch's database transaction starts. Safe for concurrent use: each
+// call is one write transaction, serialized with the other writers.
 func (w *WAL) Append(spans []record.Span, records int) (uint64, error) {
 	if err := validateBatch(spans, records); err != nil {
 		return 0, w.errorf("appending batch: %w", err)
@@ -515,7 +355,8 @@ func (w *WAL) Append(spans []record.Span, records int) (uint64, error) {
 
 // MarkApplied records that entry id's transaction committed. Marking an
 // applied entry again does nothing. It returns ErrNotFound if no entry has
-// that ID.
+// that ID. The mark is durable when it returns (see WithNoSync). Safe for
+// concurrent use: one write transaction, as for Append.
 func (w *WAL) MarkApplied(id uint64) error {
 	applied := w.now()
 	err := w.update(func(tx *bolt.Tx) error {
@@ -550,6 +391,8 @@ func (w *WAL) MarkApplied(id uint64) error {
 // written (its partitions were revoked) and must not be reported in doubt.
 // Discarding an ID that no entry has does nothing and returns nil, since
 // Trim may already have deleted the entry once committed offsets passed it.
+// The deletion is durable when it returns (see WithNoSync). Safe for
+// concurrent use: one write transaction, as for Append.
 func (w *WAL) Discard(id uint64) error {
 	err := w.update(func(tx *bolt.Tx) error {
 		entries, _, err := buckets(tx)
@@ -582,137 +425,9 @@ func getEntry(entries *bolt.Bucket, id uint64) (e Entry, found bool, err error) 
 	return e, err == nil, err
 }
 
-// remember records the committed offsets in the marks and returns a copy of
-// all marks.
-func (w *WAL) remember(committed map[record.TopicPartition]int64) map[record.TopicPartition]int64 {
-	w.marksMu.Lock()
-	defer w.marksMu.Unlock()
-	for tp, off := range committed {
-		w.marks[tp] = off
-	}
-	return maps.Clone(w.marks)
-}
-
-// Trim deletes the entries whose every span is done, a span being done when
-// its Next is at or below the committed offset of its partition: the one in
-// committed, or for a partition missing from the map the latest one an
-// earlier Trim or Recover was given (a partition never seen has nothing
-// done). That includes pending entries: the committed offset passed them,
-// so their records were applied by someone (a retry, or another process).
-// It returns how many entries it deleted. When there is nothing to delete
-// it does not write to the file.
-func (w *WAL) Trim(committed map[record.TopicPartition]int64) (removed int, err error) {
-	marks := w.remember(committed)
-	var found bool
-	err = w.view(func(tx *bolt.Tx) error {
-		victims, err := trimmable(tx, marks, committed)
-		found = len(victims) > 0
-		return err
-	})
-	if err != nil {
-		return 0, w.errorf("trimming: %w", err)
-	}
-	if !found {
-		return 0, nil
-	}
-	var victims []Entry
-	err = w.update(func(tx *bolt.Tx) error {
-		var err error
-		if victims, err = trimmable(tx, marks, committed); err != nil {
-			return err
-		}
-		for i := range victims {
-			if err := deleteEntry(tx, &victims[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, w.errorf("trimming: %w", err)
-	}
-	for i := range victims {
-		if e := &victims[i]; e.State == StatePending {
-			w.log.Debug("trimmed pending entry passed by committed offsets",
-				"id", e.ID, "spans", e.Spans, "created", e.Created)
-		}
-	}
-	return len(victims), nil
-}
-
-// Recover returns what the WAL knows about partition tp, whose committed
-// offset in Kafka is committed (negative if there is none).
-//
-// Starting at committed, it follows the applied spans of tp in order of
-// From, each span continuing the chain when its From is where the chain
-// has reached; when several applied spans start there, the longest wins.
-// AppliedThrough is where the chain ends (committed itself when nothing
-// chains; -1 when there is no committed offset, since nothing is then known
-// about where consumption began). InDoubt lists the pending entries whose
-// span of tp ends past AppliedThrough. Entries whose spans are all done
-// with respect to tp's committed offset (and the offsets known for their
-// other partitions) are stale and are deleted, as
-// Trim(map{tp: committed}) would.
-func (w *WAL) Recover(tp record.TopicPartition, committed int64) (Recovery, error) {
-	if committed < 0 {
-		committed = -1
-	}
-	var rec Recovery
-	if committed >= 0 {
-		n, err := w.Trim(map[record.TopicPartition]int64{tp: committed})
-		if err != nil {
-			return Recovery{}, err
-		}
-		rec.Trimmed = n
-	}
-	err := w.view(func(tx *bolt.Tx) error {
-		var err error
-		rec.AppliedThrough, rec.InDoubt, err = recoverPartition(tx, tp, committed)
-		return err
-	})
-	if err != nil {
-		return Recovery{}, w.errorf("recovering %s: %w", tp, err)
-	}
-	w.log.Debug("wal recovered partition", "partition", tp, "committed", committed,
-		"applied_through", rec.AppliedThrough, "in_doubt", len(rec.InDoubt), "trimmed", rec.Trimmed)
-	return rec, nil
-}
-
-// Entries returns all entries, by ID.
-func (w *WAL) Entries() ([]Entry, error) {
-	var out []Entry
-	err := w.view(func(tx *bolt.Tx) error {
-		var err error
-		out, err = readEntries(tx)
-		return err
-	})
-	if err != nil {
-		return nil, w.errorf("reading entries: %w", err)
-	}
-	return out, nil
-}
-
-// Stats counts the entries and measures the file.
-func (w *WAL) Stats() (Stats, error) {
-	var st Stats
-	err := w.view(func(tx *bolt.Tx) error {
-		var err error
-		st, err = countEntries(tx)
-		return err
-	})
-	if err != nil {
-		return Stats{}, w.errorf("reading stats: %w", err)
-	}
-	fi, err := os.Stat(w.path)
-	if err != nil {
-		return Stats{}, w.errorf("reading stats: %w", err)
-	}
-	st.FileBytes = fi.Size()
-	return st, nil
-}
-
 // Close waits for operations in progress, closes the file and releases its
-// lock. A second Close returns ErrClosed.
+// lock. A second Close returns ErrClosed, and so does every other method
+// after it. Safe to call concurrently with other methods.
 func (w *WAL) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -788,58 +503,6 @@ func buckets(tx *bolt.Tx) (entries, index *bolt.Bucket, err error) {
 	return entries, index, nil
 }
 
-// trimmable returns, by ID, the entries whose spans are all done with
-// respect to marks (the committed offsets known). It finds candidates
-// through the index, among the partitions of changed: only spans with From
-// below a newly committed offset can have become done.
-func trimmable(tx *bolt.Tx, marks, changed map[record.TopicPartition]int64) ([]Entry, error) {
-	entries, index, err := buckets(tx)
-	if err != nil {
-		return nil, err
-	}
-	var ids []uint64
-	for tp, off := range changed {
-		prefix := tpPrefix(nil, tp)
-		c := index.Cursor()
-		for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
-			from, id, err := parseIndexKey(k, len(prefix))
-			if err != nil {
-				return nil, err
-			}
-			if from >= off {
-				break
-			}
-			ids = append(ids, id)
-		}
-	}
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	var out []Entry
-	for _, id := range ids {
-		e, found, err := getEntry(entries, id)
-		if err != nil {
-			return nil, err
-		}
-		if !found {
-			return nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
-		}
-		if allDone(&e, marks) {
-			out = append(out, e)
-		}
-	}
-	return out, nil
-}
-
-func allDone(e *Entry, committed map[record.TopicPartition]int64) bool {
-	for _, s := range e.Spans {
-		off, ok := committed[s.TopicPartition]
-		if !ok || s.Next > off {
-			return false
-		}
-	}
-	return true
-}
-
 func deleteEntry(tx *bolt.Tx, e *Entry) error {
 	entries, index, err := buckets(tx)
 	if err != nil {
@@ -854,106 +517,4 @@ func deleteEntry(tx *bolt.Tx, e *Entry) error {
 		}
 	}
 	return nil
-}
-
-// recoverPartition computes AppliedThrough and InDoubt for tp; committed is
-// -1 or a committed offset. Spans at or below committed are ignored.
-func recoverPartition(tx *bolt.Tx, tp record.TopicPartition, committed int64) (int64, []Entry, error) {
-	entries, index, err := buckets(tx)
-	if err != nil {
-		return 0, nil, err
-	}
-	applied := make(map[int64]int64) // From -> the longest applied span's Next
-	var pending []Entry
-	prefix := tpPrefix(nil, tp)
-	c := index.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, _ = c.Next() {
-		_, id, err := parseIndexKey(k, len(prefix))
-		if err != nil {
-			return 0, nil, err
-		}
-		e, found, err := getEntry(entries, id)
-		if err != nil {
-			return 0, nil, err
-		}
-		if !found {
-			return 0, nil, fmt.Errorf("%w: index names missing entry %d", ErrCorrupt, id)
-		}
-		s, ok := e.Span(tp)
-		if !ok {
-			return 0, nil, fmt.Errorf("%w: index names entry %d for %v, which it does not cover", ErrCorrupt, id, tp)
-		}
-		if s.Next <= committed {
-			continue
-		}
-		if e.State == StateApplied {
-			applied[s.From] = max(applied[s.From], s.Next)
-		} else {
-			pending = append(pending, e)
-		}
-	}
-	through := committed
-	if committed >= 0 {
-		for next, ok := applied[through]; ok; next, ok = applied[through] {
-			through = next // Next > From, so the walk ends
-		}
-	}
-	var inDoubt []Entry
-	for _, e := range pending {
-		if s, _ := e.Span(tp); s.Next > through {
-			inDoubt = append(inDoubt, e)
-		}
-	}
-	slices.SortFunc(inDoubt, func(a, b Entry) int { return cmp.Compare(a.ID, b.ID) })
-	return through, inDoubt, nil
-}
-
-func readEntries(tx *bolt.Tx) ([]Entry, error) {
-	entries, _, err := buckets(tx)
-	if err != nil {
-		return nil, err
-	}
-	var out []Entry
-	err = entries.ForEach(func(k, v []byte) error {
-		id, err := parseIDKey(k)
-		if err != nil {
-			return err
-		}
-		e, err := decodeEntry(id, v)
-		if err != nil {
-			return err
-		}
-		out = append(out, e)
-		return nil
-	})
-	return out, err
-}
-
-func countEntries(tx *bolt.Tx) (Stats, error) {
-	entries, _, err := buckets(tx)
-	if err != nil {
-		return Stats{}, err
-	}
-	var st Stats
-	err = entries.ForEach(func(k, v []byte) error {
-		id, err := parseIDKey(k)
-		if err != nil {
-			return err
-		}
-		e, err := decodeEntry(id, v)
-		if err != nil {
-			return err
-		}
-		switch e.State {
-		case StateApplied:
-			st.Applied++
-		default:
-			st.Pending++
-			if st.OldestPending.IsZero() || e.Created.Before(st.OldestPending) {
-				st.OldestPending = e.Created
-			}
-		}
-		return nil
-	})
-	return st, err
 }

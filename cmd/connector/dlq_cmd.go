@@ -344,80 +344,83 @@ func (e *failedAgainError) Error() string {
 	return fmt.Sprintf("%d replayed records failed again (first: %s: %s)", e.n, e.first.ID, e.first.Err)
 }
 
+// replayFlags are the flags of `dlq replay` besides the shared ones.
+type replayFlags struct {
+	to         string
+	dryRun     bool
+	maxHops    int
+	failedPath string
+	batch      int
+}
+
+func registerReplayFlags(fs *flag.FlagSet) *replayFlags {
+	f := &replayFlags{}
+	fs.StringVar(&f.to, "to", "", "`target` of the replay: source (produce to the source topic) or sink (write straight to the tables)")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "list what would be replayed, change nothing")
+	fs.IntVar(&f.maxHops, "max-hops", dlq.DefaultMaxHops, "skip letters replayed `n` times already")
+	fs.StringVar(&f.failedPath, "failed", "", "append the letters that fail again to this NDJSON `file` (mode 0600)")
+	fs.IntVar(&f.batch, "batch", 0, "letters per transaction or produce call (default coordinator.batch_size)")
+	return f
+}
+
+// target checks the flags, every problem at once, and returns the target.
+func (f *replayFlags) target() (dlq.Target, error) {
+	var problems []string
+	target := dlq.Target(f.to)
+	if target != dlq.ToSource && target != dlq.ToSink {
+		problems = append(problems, fmt.Sprintf("-to: want source or sink, got %q", f.to))
+	}
+	if f.maxHops <= 0 {
+		problems = append(problems, fmt.Sprintf("-max-hops: must be positive, got %d", f.maxHops))
+	}
+	if f.batch < 0 {
+		problems = append(problems, fmt.Sprintf("-batch: must not be negative, got %d", f.batch))
+	}
+	if len(problems) > 0 {
+		return "", &usageError{errors.New(strings.Join(problems, "\n"))}
+	}
+	return target, nil
+}
+
+// cmdDLQReplay runs `dlq replay`: it reads the letters, checks that their
+// target can take them, opens the replay log (and the file of those that
+// fail again), connects to the target and replays, printing progress.
 func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("connector dlq replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cf := config.RegisterFlags(fs)
 	df := registerDLQFlags(fs)
-	to := fs.String("to", "", "`target` of the replay: source (produce to the source topic) or sink (write straight to the tables)")
-	dryRun := fs.Bool("dry-run", false, "list what would be replayed, change nothing")
-	maxHops := fs.Int("max-hops", dlq.DefaultMaxHops, "skip letters replayed `n` times already")
-	failedPath := fs.String("failed", "", "append the letters that fail again to this NDJSON `file` (mode 0600)")
-	batch := fs.Int("batch", 0, "letters per transaction or produce call (default coordinator.batch_size)")
+	rf := registerReplayFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return &usageError{err}
 	}
-	var problems []string
-	target := dlq.Target(*to)
-	if target != dlq.ToSource && target != dlq.ToSink {
-		problems = append(problems, fmt.Sprintf("-to: want source or sink, got %q", *to))
-	}
-	if *maxHops <= 0 {
-		problems = append(problems, fmt.Sprintf("-max-hops: must be positive, got %d", *maxHops))
-	}
-	if *batch < 0 {
-		problems = append(problems, fmt.Sprintf("-batch: must not be negative, got %d", *batch))
-	}
-	if len(problems) > 0 {
-		return &usageError{errors.New(strings.Join(problems, "\n"))}
+	target, err := rf.target()
+	if err != nil {
+		return err
 	}
 	cfg, err := config.Load(cf, os.LookupEnv)
 	if err != nil {
 		return &usageError{fmt.Errorf("invalid configuration:\n%w", err)}
 	}
 	df.resolve(cfg)
-	if df.logPath == "" && !*dryRun {
+	if df.logPath == "" && !rf.dryRun {
 		return &usageError{errors.New("-log: no replay log (dlq.file is turned off): name one with -log")}
 	}
-	if *batch == 0 {
-		*batch = cfg.Coordinator.BatchSize
+	if rf.batch == 0 {
+		rf.batch = cfg.Coordinator.BatchSize
 	}
 	s, err := df.read(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	eligible, atLimit := dlq.Eligible(s.letters, *maxHops)
-	modes := map[string]config.Mode{}
-	eo := map[string]bool{}
-	for _, t := range cfg.Topics {
-		modes[t.Name] = t.Mode
-		eo[t.Name] = t.Mode == config.ModeExactlyOnce
-	}
+	eligible, atLimit := dlq.Eligible(s.letters, rf.maxHops)
 	if target == dlq.ToSink {
-		// say every topic that cannot go straight to the sink before
-		// writing anything
-		var unknown, exactly []string
-		for _, l := range eligible {
-			switch m, ok := modes[l.Topic]; {
-			case !ok && !slices.Contains(unknown, l.Topic):
-				unknown = append(unknown, l.Topic)
-			case m == config.ModeExactlyOnce && !slices.Contains(exactly, l.Topic):
-				exactly = append(exactly, l.Topic)
-			}
-		}
-		var errs []error
-		if len(unknown) > 0 {
-			errs = append(errs, fmt.Errorf("topic %s: no table in the configuration (topics); filter with -topic", strings.Join(unknown, ", ")))
-		}
-		if len(exactly) > 0 {
-			errs = append(errs, fmt.Errorf("topic %s: %w", strings.Join(exactly, ", "), dlq.ErrExactlyOnce))
-		}
-		if err := errors.Join(errs...); err != nil {
+		if err := checkSinkTopics(eligible, cfg.Topics); err != nil {
 			return err
 		}
 	}
 	skipped := fmt.Sprintf("skipped %d (hop limit %d, filtered %d)", len(atLimit)+s.filtered, len(atLimit), s.filtered)
-	if *dryRun {
+	if rf.dryRun {
 		if err := printLetters(stdout, &selection{letters: eligible, last: s.last}); err != nil {
 			return err
 		}
@@ -425,7 +428,7 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return nil
 	}
 
-	rc := dlq.ReplayConfig{Target: target, ExactlyOnce: eo, MaxHops: *maxHops, BatchSize: *batch}
+	rc := dlq.ReplayConfig{Target: target, ExactlyOnce: exactlyOnceTopics(cfg), MaxHops: rf.maxHops, BatchSize: rf.batch}
 	closeLater := func(c interface{ Close() error }) {
 		prev := err
 		err = errors.Join(prev, c.Close())
@@ -434,46 +437,92 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer closeLater(rc.Log)
-	if *failedPath != "" {
-		if rc.Failed, err = dlq.OpenAppend(*failedPath); err != nil {
+	if rf.failedPath != "" {
+		if rc.Failed, err = dlq.OpenAppend(rf.failedPath); err != nil {
 			return err
 		}
 		defer closeLater(rc.Failed)
 	}
-	switch target {
+	release, err := connectReplayTarget(ctx, cfg, &rc, stderr)
+	if err != nil {
+		return err
+	}
+	defer release()
+
+	res, rerr := replayWithProgress(ctx, s.letters, rc, len(eligible), stderr)
+	return reportReplay(res, rerr, s.from, rc.Failed, skipped, stdout, stderr)
+}
+
+// checkSinkTopics says every topic of letters that cannot go straight to
+// the sink (no table configured for it, or exactly_once) before anything
+// is written.
+func checkSinkTopics(letters []dlq.Letter, topics []config.Topic) error {
+	modes := map[string]config.Mode{}
+	for _, t := range topics {
+		modes[t.Name] = t.Mode
+	}
+	var unknown, exactly []string
+	for _, l := range letters {
+		switch m, ok := modes[l.Topic]; {
+		case !ok && !slices.Contains(unknown, l.Topic):
+			unknown = append(unknown, l.Topic)
+		case m == config.ModeExactlyOnce && !slices.Contains(exactly, l.Topic):
+			exactly = append(exactly, l.Topic)
+		}
+	}
+	var errs []error
+	if len(unknown) > 0 {
+		errs = append(errs, fmt.Errorf("topic %s: no table in the configuration (topics); filter with -topic", strings.Join(unknown, ", ")))
+	}
+	if len(exactly) > 0 {
+		errs = append(errs, fmt.Errorf("topic %s: %w", strings.Join(exactly, ", "), dlq.ErrExactlyOnce))
+	}
+	return errors.Join(errs...)
+}
+
+// connectReplayTarget connects rc to its target: a producer that sends each
+// record back to the partition it came from, or the sink on a pool of its
+// own. release closes what it opened.
+func connectReplayTarget(ctx context.Context, cfg config.Config, rc *dlq.ReplayConfig, stderr io.Writer) (release func(), err error) {
+	switch rc.Target {
 	case dlq.ToSource:
 		if len(cfg.Kafka.Brokers) == 0 {
-			return &usageError{errors.New("-to source: kafka.brokers is not set")}
+			return nil, &usageError{errors.New("-to source: kafka.brokers is not set")}
 		}
-		// each record goes back to the partition it came from
 		kopts, err := kafkaOpts(cfg.Kafka)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := checkKafka(ctx, cfg.Kafka.Brokers, kopts); err != nil {
-			return err
+			return nil, err
 		}
 		cl, err := kgo.NewClient(append(kopts, kgo.RequiredAcks(kgo.AllISRAcks()),
 			kgo.ClientID(cfg.Kafka.ClientID+"-dlq-replay"), kgo.RecordPartitioner(kgo.ManualPartitioner()),
 			kgo.ProducerLinger(0))...)
 		if err != nil {
-			return fmt.Errorf("creating the replay producer: %w", err)
+			return nil, fmt.Errorf("creating the replay producer: %w", err)
 		}
-		defer cl.Close()
 		rc.Producer = cl
+		return cl.Close, nil
 	case dlq.ToSink:
 		pool, err := newPool(ctx, cfg)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer pool.Close()
 		sw, err := newSink(pool, cfg, newLogger(cfg.Log, stderr))
 		if err != nil {
-			return err
+			pool.Close()
+			return nil, err
 		}
 		rc.Sink = sw
+		return pool.Close, nil
 	}
+	return func() {}, nil
+}
 
+// replayWithProgress replays letters as rc says, printing to stderr every
+// second how far it has come of the total eligible.
+func replayWithProgress(ctx context.Context, letters []dlq.Letter, rc dlq.ReplayConfig, total int, stderr io.Writer) (dlq.Result, error) {
 	var done, failed atomic.Int64
 	rc.Progress = func(r dlq.Result) {
 		done.Store(int64(r.Replayed))
@@ -492,15 +541,21 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 				return
 			case <-t.C:
 				if n := done.Load(); n > 0 {
-					fmt.Fprintf(stderr, "dlq replay: %d of %d replayed to %s, %d failed again\n", n, len(eligible), target, failed.Load())
+					fmt.Fprintf(stderr, "dlq replay: %d of %d replayed to %s, %d failed again\n", n, total, rc.Target, failed.Load())
 				}
 			}
 		}
 	})
-	res, rerr := dlq.Replay(ctx, s.letters, rc)
+	res, err := dlq.Replay(ctx, letters, rc)
 	close(stop)
 	wg.Wait()
+	return res, err
+}
 
+// reportReplay prints the account of a replay and returns its exit: the
+// replay's error, or a failedAgainError naming where the letters that
+// failed again are (from, and the failed file when there is one).
+func reportReplay(res dlq.Result, rerr error, from string, failedFile *dlq.AppendFile, skipped string, stdout, stderr io.Writer) error {
 	for _, f := range res.FailedAgain {
 		fmt.Fprintf(stderr, "failed again: %s: %s: %s\n", f.ID, f.Class, f.Err)
 	}
@@ -509,9 +564,9 @@ func cmdDLQReplay(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return rerr
 	}
 	if n := len(res.FailedAgain); n > 0 {
-		where := "they stay in " + s.from
-		if rc.Failed != nil {
-			where += " and are in " + rc.Failed.Path()
+		where := "they stay in " + from
+		if failedFile != nil {
+			where += " and are in " + failedFile.Path()
 		}
 		return fmt.Errorf("%w; %s", &failedAgainError{n: n, first: res.FailedAgain[0]}, where)
 	}

@@ -18,59 +18,51 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
+// loadgenFlags are the flags of `loadgen`.
+type loadgenFlags struct {
+	configFile, brokers, kind, topic string
+	count                            int64
+	dur                              time.Duration
+	rate                             float64
+	symbols                          int
+	seed                             uint64
+	updates                          float64
+	partitions                       int
+}
+
+func registerLoadgenFlags(fs *flag.FlagSet) *loadgenFlags {
+	f := &loadgenFlags{}
+	fs.StringVar(&f.configFile, "config", "", "YAML config `file` for the Kafka settings: brokers, TLS, SASL (the environment applies too)")
+	fs.StringVar(&f.brokers, "brokers", "", "Kafka seed brokers, comma-separated (default kafka.brokers, KAFKA_BROKERS)")
+	fs.StringVar(&f.kind, "kind", "bars", "record kind: bars, options, fundamentals, news, or all (each to the topic of its name)")
+	fs.StringVar(&f.topic, "topic", "", "topic to produce to (default: the kind's name; with -kind all, a prefix for each kind's name)")
+	fs.Int64Var(&f.count, "n", 100000, "records to produce, of each kind; 0 for no limit")
+	fs.DurationVar(&f.dur, "duration", 0, "stop after this long; 0 for no limit")
+	fs.Float64Var(&f.rate, "rate", 0, "records per second, of each kind; 0 for as fast as possible")
+	fs.IntVar(&f.symbols, "symbols", 500, "distinct symbols (underlyings for options)")
+	fs.Uint64Var(&f.seed, "seed", 1, "random seed: the same seed gives the same records")
+	fs.Float64Var(&f.updates, "updates", 0, "share of records that update an earlier key, 0 to 1")
+	fs.IntVar(&f.partitions, "partitions", 8, "partitions of a topic that does not exist yet (it is created); 0 to require existing topics")
+	return f
+}
+
+// loadgenPlan is what loadgen produces: one generator per kind, each to its
+// topic.
+type loadgenPlan struct {
+	kinds, topics []string
+	gens          []loadgen.Generator
+}
+
 func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("connector loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configFile := fs.String("config", "", "YAML config `file` for the Kafka settings: brokers, TLS, SASL (the environment applies too)")
-	brokers := fs.String("brokers", "", "Kafka seed brokers, comma-separated (default kafka.brokers, KAFKA_BROKERS)")
-	kind := fs.String("kind", "bars", "record kind: bars, options, fundamentals, news, or all (each to the topic of its name)")
-	topic := fs.String("topic", "", "topic to produce to (default: the kind's name; with -kind all, a prefix for each kind's name)")
-	count := fs.Int64("n", 100000, "records to produce, of each kind; 0 for no limit")
-	dur := fs.Duration("duration", 0, "stop after this long; 0 for no limit")
-	rate := fs.Float64("rate", 0, "records per second, of each kind; 0 for as fast as possible")
-	symbols := fs.Int("symbols", 500, "distinct symbols (underlyings for options)")
-	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same records")
-	updates := fs.Float64("updates", 0, "share of records that update an earlier key, 0 to 1")
-	partitions := fs.Int("partitions", 8, "partitions of a topic that does not exist yet (it is created); 0 to require existing topics")
+	f := registerLoadgenFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return &usageError{err}
 	}
-	var problems []string
-	cfg := config.Default()
-	if *configFile != "" {
-		var err error
-		if cfg, err = config.ReadFile(*configFile, cfg); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
-	// only the Kafka settings are used: problems elsewhere are not ours
-	_ = config.ApplyEnv(&cfg, os.LookupEnv)
-	if *brokers != "" {
-		cfg.Kafka.Brokers = strings.Split(*brokers, ",")
-	}
-	if len(cfg.Kafka.Brokers) == 0 {
-		problems = append(problems, "-brokers: required (or kafka.brokers, KAFKA_BROKERS)")
-	}
-	if err := cfg.Kafka.ValidateSecurity(); err != nil {
-		problems = append(problems, err.Error())
-	}
-	kinds := []string{*kind}
-	if *kind == "all" {
-		kinds = loadgen.Kinds
-	}
-	gens := make([]loadgen.Generator, len(kinds))
-	for i, k := range kinds {
-		g, err := loadgen.NewGenerator(k, *seed, *symbols, *updates)
-		if err != nil {
-			problems = append(problems, "-kind: "+err.Error())
-		}
-		gens[i] = g
-	}
-	if *updates < 0 || *updates > 1 {
-		problems = append(problems, "-updates: must be between 0 and 1")
-	}
-	if len(problems) > 0 {
-		return &usageError{fmt.Errorf("%s", strings.Join(problems, "\n"))}
+	cfg, plan, err := f.plan()
+	if err != nil {
+		return err
 	}
 	kopts, err := kafkaOpts(cfg.Kafka)
 	if err != nil {
@@ -85,19 +77,72 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("creating producer: %w", err)
 	}
 	defer cl.Close()
-	dests := make([]string, len(kinds))
-	for i, k := range kinds {
-		dests[i] = k
-		switch {
-		case *kind == "all":
-			dests[i] = *topic + k
-		case *topic != "":
-			dests[i] = *topic
-		}
-	}
-	if err := ensureTopics(ctx, cl, dests, int32(*partitions), stderr); err != nil {
+	if err := ensureTopics(ctx, cl, plan.topics, int32(f.partitions), stderr); err != nil {
 		return err
 	}
+	return f.produce(ctx, cl, plan, stdout, stderr)
+}
+
+// plan reads the Kafka settings (only those: problems elsewhere are not
+// loadgen's) and the generators the flags ask for, and reports every
+// problem at once.
+func (f *loadgenFlags) plan() (config.Config, *loadgenPlan, error) {
+	var problems []string
+	cfg := config.Default()
+	if f.configFile != "" {
+		var err error
+		if cfg, err = config.ReadFile(f.configFile, cfg); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	_ = config.ApplyEnv(&cfg, os.LookupEnv)
+	if f.brokers != "" {
+		cfg.Kafka.Brokers = strings.Split(f.brokers, ",")
+	}
+	if len(cfg.Kafka.Brokers) == 0 {
+		problems = append(problems, "-brokers: required (or kafka.brokers, KAFKA_BROKERS)")
+	}
+	if err := cfg.Kafka.ValidateSecurity(); err != nil {
+		problems = append(problems, err.Error())
+	}
+	p := &loadgenPlan{kinds: []string{f.kind}}
+	if f.kind == "all" {
+		p.kinds = loadgen.Kinds
+	}
+	p.gens = make([]loadgen.Generator, len(p.kinds))
+	p.topics = make([]string, len(p.kinds))
+	for i, k := range p.kinds {
+		g, err := loadgen.NewGenerator(k, f.seed, f.symbols, f.updates)
+		if err != nil {
+			problems = append(problems, "-kind: "+err.Error())
+		}
+		p.gens[i] = g
+		p.topics[i] = f.topicOf(k)
+	}
+	if f.updates < 0 || f.updates > 1 {
+		problems = append(problems, "-updates: must be between 0 and 1")
+	}
+	if len(problems) > 0 {
+		return cfg, nil, &usageError{fmt.Errorf("%s", strings.Join(problems, "\n"))}
+	}
+	return cfg, p, nil
+}
+
+// topicOf is the topic of kind's records: the kind's name, the -topic
+// flag, or with -kind all the flag as a prefix of the kind's name.
+func (f *loadgenFlags) topicOf(kind string) string {
+	switch {
+	case f.kind == "all":
+		return f.topic + kind
+	case f.topic != "":
+		return f.topic
+	}
+	return kind
+}
+
+// produce runs the plan's generators side by side, printing progress to
+// stderr and each kind's account to stdout.
+func (f *loadgenFlags) produce(ctx context.Context, cl *kgo.Client, plan *loadgenPlan, stdout, stderr io.Writer) error {
 	start := time.Now()
 	type result struct {
 		kind, topic string
@@ -105,13 +150,13 @@ func cmdLoadgen(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		took        time.Duration
 		err         error
 	}
-	results := make([]result, len(kinds))
+	results := make([]result, len(plan.kinds))
 	var wg sync.WaitGroup
-	for i, k := range kinds {
-		to := dests[i]
+	for i, k := range plan.kinds {
+		to := plan.topics[i]
 		wg.Go(func() {
-			n, err := loadgen.Produce(ctx, cl, gens[i], loadgen.Options{
-				Topic: to, Count: *count, Duration: *dur, Rate: *rate,
+			n, err := loadgen.Produce(ctx, cl, plan.gens[i], loadgen.Options{
+				Topic: to, Count: f.count, Duration: f.dur, Rate: f.rate,
 				Progress: func(sent int64) {
 					fmt.Fprintf(stderr, "loadgen: %s: %d records, %.0f/s\n", to, sent, float64(sent)/time.Since(start).Seconds())
 				},

@@ -349,43 +349,112 @@ func (w *world) waitCommitted(ctx context.Context, topic, group string, timeout 
 // latency produces at rate for dur and measures, per record, produce
 // acknowledgement to offset commit.
 func (w *world) latency(ctx context.Context, topic, group string, rate float64, dur time.Duration) (p50, p99 float64, n int, err error) {
-	var mu sync.Mutex
-	acked := map[int32][]time.Time{} // by partition, indexed by offset
-	committedAt := map[int32][]time.Time{}
-	g := loadgen.NewBars(2, 2000, 0)
-	start := time.Now()
-	var sent int64
+	times := &latencyTimes{acked: map[int32][]time.Time{}, committedAt: map[int32][]time.Time{}}
 	pollDone := make(chan struct{})
 	stopPoll := make(chan struct{})
 	go func() {
 		defer close(pollDone)
-		last := map[int32]int64{}
-		for {
-			select {
-			case <-stopPoll:
-				return
-			default:
-			}
-			com, err := w.adm.FetchOffsets(ctx, group)
-			now := time.Now()
-			if err == nil {
-				mu.Lock()
-				com.Each(func(o kadm.OffsetResponse) {
-					if o.Topic != topic {
-						return
-					}
-					for off := last[o.Partition]; off < o.At; off++ {
-						committedAt[o.Partition] = append(committedAt[o.Partition], now)
-					}
-					if o.At > last[o.Partition] {
-						last[o.Partition] = o.At
-					}
-				})
-				mu.Unlock()
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		w.pollCommits(ctx, topic, group, times, stopPoll)
 	}()
+	if err := w.produceAtRate(ctx, topic, rate, dur, times); err != nil {
+		return 0, 0, 0, err
+	}
+	if err := w.waitCommitted(ctx, topic, group, 2*time.Minute, nil); err != nil {
+		return 0, 0, 0, err
+	}
+	time.Sleep(20 * time.Millisecond)
+	close(stopPoll)
+	<-pollDone
+	lats := times.millis()
+	if len(lats) == 0 {
+		return 0, 0, 0, errors.New("no latencies measured")
+	}
+	slices.Sort(lats)
+	q := func(f float64) float64 { return lats[min(len(lats)-1, int(f*float64(len(lats))))] }
+	return q(0.5), q(0.99), len(lats), nil
+}
+
+// latencyTimes holds, per partition and indexed by offset, when each
+// record's produce was acknowledged and when the group's committed offset
+// passed it. Safe for concurrent use.
+type latencyTimes struct {
+	mu          sync.Mutex
+	acked       map[int32][]time.Time
+	committedAt map[int32][]time.Time
+}
+
+// ack records that r was acknowledged at now.
+func (lt *latencyTimes) ack(r *kgo.Record, now time.Time) {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	s := lt.acked[r.Partition]
+	for int64(len(s)) <= r.Offset {
+		s = append(s, time.Time{})
+	}
+	s[r.Offset] = now
+	lt.acked[r.Partition] = s
+}
+
+// committed records that the committed offsets of topic in com were seen
+// at now; last holds the offsets seen before, per partition, and is
+// advanced.
+func (lt *latencyTimes) committed(topic string, com kadm.OffsetResponses, last map[int32]int64, now time.Time) {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	com.Each(func(o kadm.OffsetResponse) {
+		if o.Topic != topic {
+			return
+		}
+		for off := last[o.Partition]; off < o.At; off++ {
+			lt.committedAt[o.Partition] = append(lt.committedAt[o.Partition], now)
+		}
+		if o.At > last[o.Partition] {
+			last[o.Partition] = o.At
+		}
+	})
+}
+
+// millis returns the latency of every record both acknowledged and
+// committed, in milliseconds.
+func (lt *latencyTimes) millis() []float64 {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	var lats []float64
+	for p, acks := range lt.acked {
+		for off, at := range acks {
+			if off < len(lt.committedAt[p]) && !at.IsZero() {
+				lats = append(lats, float64(max(lt.committedAt[p][off].Sub(at), 0))/float64(time.Millisecond))
+			}
+		}
+	}
+	return lats
+}
+
+// pollCommits polls the group's committed offsets every 5 ms into times
+// until stop is closed.
+func (w *world) pollCommits(ctx context.Context, topic, group string, times *latencyTimes, stop <-chan struct{}) {
+	last := map[int32]int64{}
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		com, err := w.adm.FetchOffsets(ctx, group)
+		now := time.Now()
+		if err == nil {
+			times.committed(topic, com, last, now)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// produceAtRate produces bars to topic at rate for dur, recording each
+// acknowledgement in times, and flushes.
+func (w *world) produceAtRate(ctx context.Context, topic string, rate float64, dur time.Duration, times *latencyTimes) error {
+	g := loadgen.NewBars(2, 2000, 0)
+	start := time.Now()
+	var sent int64
 	var perr error
 	var pmu sync.Mutex
 	for time.Since(start) < dur {
@@ -402,43 +471,14 @@ func (w *world) latency(ctx context.Context, topic, group string, rate float64, 
 				pmu.Unlock()
 				return
 			}
-			mu.Lock()
-			s := acked[r.Partition]
-			for int64(len(s)) <= r.Offset {
-				s = append(s, time.Time{})
-			}
-			s[r.Offset] = now
-			acked[r.Partition] = s
-			mu.Unlock()
+			times.ack(r, now)
 		})
 		sent++
 	}
 	if err := w.cl.Flush(ctx); err != nil {
-		return 0, 0, 0, err
+		return err
 	}
-	if perr != nil {
-		return 0, 0, 0, perr
-	}
-	if err := w.waitCommitted(ctx, topic, group, 2*time.Minute, nil); err != nil {
-		return 0, 0, 0, err
-	}
-	time.Sleep(20 * time.Millisecond)
-	close(stopPoll)
-	<-pollDone
-	var lats []float64
-	for p, acks := range acked {
-		for off, at := range acks {
-			if off < len(committedAt[p]) && !at.IsZero() {
-				lats = append(lats, float64(max(committedAt[p][off].Sub(at), 0))/float64(time.Millisecond))
-			}
-		}
-	}
-	if len(lats) == 0 {
-		return 0, 0, 0, errors.New("no latencies measured")
-	}
-	slices.Sort(lats)
-	q := func(f float64) float64 { return lats[min(len(lats)-1, int(f*float64(len(lats))))] }
-	return q(0.5), q(0.99), len(lats), nil
+	return perr
 }
 
 // ceiling writes n bars with the connector's sink alone: 2 writers,
