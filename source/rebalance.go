@@ -77,6 +77,11 @@ func (s *Source) logBounds(ctx context.Context, assigned map[record.TopicPartiti
 			topics = append(topics, tp.Topic)
 		}
 	}
+	select {
+	case <-s.created:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	adm := kadm.NewClient(s.cl)
 	starts, err := adm.ListStartOffsets(ctx, topics...)
 	if err == nil {

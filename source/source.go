@@ -103,6 +103,10 @@ type Source struct {
 	// overtakes (or is overtaken by) a periodic one of the same partition.
 	commitMu sync.Mutex
 
+	// created is closed once cl is set: the client starts joining the
+	// group as it is created, and adjustOffsets needs it.
+	created chan struct{}
+
 	failOnce sync.Once
 	failed   chan struct{} // closed by fail
 	fatal    error
@@ -136,7 +140,7 @@ func New(cfg Config, q Queue, parts Partitions, pos Positions, opts ...Option) (
 	}
 	s := &Source{
 		cfg: cfg, log: slog.New(slog.DiscardHandler), q: q, parts: parts, pos: pos,
-		hwm: map[record.TopicPartition]int64{}, failed: make(chan struct{}),
+		hwm: map[record.TopicPartition]int64{}, failed: make(chan struct{}), created: make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(s)
@@ -150,6 +154,7 @@ func New(cfg Config, q Queue, parts Partitions, pos Positions, opts ...Option) (
 		return nil, fmt.Errorf("source: creating Kafka client: %w", err)
 	}
 	s.cl = cl
+	close(s.created) // the client's callbacks may run already: they wait for this
 	return s, nil
 }
 
