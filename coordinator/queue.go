@@ -92,29 +92,12 @@ func (l *lane) compact() {
 	}
 }
 
-// remove takes every record of tp out of the lane and returns how many,
-// and their bytes.
-func (l *lane) remove(tp record.TopicPartition) (removed int, bytes int64) {
-	kept := l.q[:l.head]
-	for _, it := range l.q[l.head:] {
-		if it.rec.TP() == tp {
-			removed++
-			bytes += it.size
-			continue
-		}
-		kept = append(kept, it)
-	}
-	clear(l.q[len(kept):])
-	l.q = kept
-	return removed, bytes
-}
-
-// removeBefore takes the records of tp before off out of the lane and
+// remove takes the records for which gone is true out of the lane and
 // returns how many, and their bytes.
-func (l *lane) removeBefore(tp record.TopicPartition, off int64) (removed int, bytes int64) {
+func (l *lane) remove(gone func(*record.Record) bool) (removed int, bytes int64) {
 	kept := l.q[:l.head]
 	for _, it := range l.q[l.head:] {
-		if it.rec.TP() == tp && it.rec.Offset < off {
+		if gone(it.rec) {
 			removed++
 			bytes += it.size
 			continue

@@ -105,7 +105,7 @@ func (c *Coordinator) takeOut(tps []record.TopicPartition, to phase) []*partitio
 		}
 		out = append(out, ps)
 		ps.phase = to
-		n, b := c.q.lanes[ps.worker].remove(tp)
+		n, b := c.q.lanes[ps.worker].remove(func(r *record.Record) bool { return r.TP() == tp })
 		removed, bytes = removed+n, bytes+b
 	}
 	c.q.removed(removed, bytes)

@@ -250,7 +250,7 @@ func (c *Coordinator) refence(b *record.Batch, tp record.TopicPartition, stored 
 		}
 	}
 	l := c.q.lanes[ps.worker]
-	n, bytes := l.removeBefore(tp, stored)
+	n, bytes := l.remove(func(r *record.Record) bool { return r.TP() == tp && r.Offset < stored })
 	c.q.removed(n, bytes)
 	c.q.requeue(l, again)
 	ps.tracker.restartAt(stored)
