@@ -35,3 +35,15 @@ func TestEndToEndSIGTERMWhileJoining(t *testing.T) {
 	}
 	t.Logf("exited %s after SIGTERM", time.Since(sent).Round(time.Millisecond))
 }
+
+// TestEndToEndSIGTERMDuringStartUp: a SIGTERM while the connector is still
+// starting (connecting, creating tables) stops it with status 0: nothing
+// was consumed, so nothing is owed.
+func TestEndToEndSIGTERMDuringStartUp(t *testing.T) {
+	e := newEnv(t, 1)
+	p := e.start(e.writeConfig("early", topicOpts{}))
+	p.waitLog(t, "memory limit set from coordinator.max_bytes", time.Minute) // the first step of start-up
+	if err := p.stop(t, 30*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM during start-up: %v\n%s", err, tail(p.logText(), 20))
+	}
+}

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -43,8 +42,7 @@ func exitCode(err error, stderr io.Writer) int {
 		return 0
 	}
 	fmt.Fprintln(stderr, "connector:", err)
-	var ue *usageError
-	if errors.As(err, &ue) {
+	if isUsage(err) {
 		return 2
 	}
 	return 1

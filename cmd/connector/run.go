@@ -211,11 +211,23 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer) error {
 	return runConnector(ctx, cfg, log)
 }
 
+// isUsage says whether err is a configuration problem (exit status 2).
+func isUsage(err error) bool {
+	var ue *usageError
+	return errors.As(err, &ue)
+}
+
 // runConnector runs the pipeline until ctx ends, then drains within the
 // shutdown timeout.
 func runConnector(ctx context.Context, cfg config.Config, log *slog.Logger) (err error) {
 	p, err := newPipeline(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil && !isUsage(err) {
+			// a signal during start-up: nothing was consumed, nothing
+			// is owed; not a failure
+			log.Info("stopped during start-up", "cause", err)
+			return nil
+		}
 		return err
 	}
 	defer func() { err = errors.Join(err, p.Close()) }()
