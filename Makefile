@@ -45,7 +45,7 @@ unit:
 
 test: lint
 	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
-		scripts/with-services.sh sh -c '$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./... && scripts/mutants.sh'
+		GO=$(GO) TEST_TIMEOUT=$(TEST_TIMEOUT) scripts/with-services.sh scripts/test.sh
 
 # Each deliberate break of an invariant in testdata/mutants/ must make the
 # tests its header names fail (make test runs them too): MUTANTS='name-*'

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The body of `make test`, run under scripts/with-services.sh: every test,
+# verbose, into .cache/test.log as well as the terminal; then no test may
+# have skipped (KTSINK_INTEGRATION=1 says every integration test must run);
+# then the mutants.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .cache
+log=.cache/test.log
+"${GO:-go}" test -count=1 -v -timeout "${TEST_TIMEOUT:-40m}" ./... 2>&1 | tee "$log"
+if grep -- '--- SKIP' "$log"; then
+  echo "test: the tests above skipped although KTSINK_INTEGRATION=$KTSINK_INTEGRATION says every test must run"
+  exit 1
+fi
+echo "test: no test skipped ($(grep -c -- '--- PASS' "$log") passed)"
+scripts/mutants.sh
