@@ -42,6 +42,8 @@ const (
 	faultPGKill    = "pgkill"     // pg_terminate_backend of every application_name='ktsink' session
 	faultPGRestart = "pgrestart"  // PostgreSQL (the soak's own) restarted with -m immediate
 	faultBroker    = "broker"     // a broker killed with SIGKILL and restarted 3-12 s later
+	faultLock      = "lock"       // a table locked past statement_timeout (57014, retried) for 6-12 s
+	faultDLQDown   = "dlqdown"    // the dead-letter topic unwritable (min.insync.replicas 4 > 3 replicas) for 5-20 s
 	poisonTooLong  = "oversized"  // an 8,000-character symbol: SQLSTATE 54000 (defect 7)
 	poisonBadKey   = "badkey"     // a tombstone whose key does not decode
 	poisonBadJSON  = "badjson"    // truncated JSON
@@ -49,13 +51,16 @@ const (
 	poisonNoKey    = "missingkey" // no ts
 )
 
-var allFaults = []string{faultKill, faultStop, faultScale, faultTerm, faultPGKill, faultPGRestart, faultBroker}
+var allFaults = []string{faultKill, faultStop, faultScale, faultTerm, faultPGKill, faultPGRestart, faultBroker, faultLock, faultDLQDown}
 
 const (
 	chaosSession  = 6 * time.Second  // kafka.session_timeout of every process
 	chaosShutdown = 15 * time.Second // shutdown_timeout of every process
 	chaosRSSBound = 512 << 20        // peak RSS a process may reach
-	chaosHeader   = "chaos"          // header marking poison ("poison:<kind>")
+	// postgres.statement_timeout of every process; the lock fault holds a
+	// table longer than this
+	chaosStatementTimeout = 5 * time.Second
+	chaosHeader           = "chaos" // header marking poison ("poison:<kind>")
 )
 
 // chaosSettings are read from the environment (make chaos passes SEED and
@@ -204,7 +209,7 @@ func (s *soak) count(kind string) {
 //
 //	CHAOS_SEED       seed of the data and of the fault schedule (default 1)
 //	CHAOS_DURATION   how long faults are injected (default 150s), then the drain and the check
-//	CHAOS_FAULTS     comma-separated fault kinds (default all: kill,stop,scale,term,pgkill,pgrestart,broker)
+//	CHAOS_FAULTS     comma-separated fault kinds (default all: kill,stop,scale,term,pgkill,pgrestart,broker,lock,dlqdown)
 //	CHAOS_OVERFLOW   block, drop_oldest or mixed (default: one process in three drop_oldest)
 //	CHAOS_OVERSIZED  1 adds the 8,000-character symbol poison (SQLSTATE 54000, defect 7)
 //	CHAOS_RATE       records per second per topic between bursts (default 300)
@@ -376,7 +381,7 @@ func (s *soak) writeSlotConfig(sl *slot) {
   max_poll_records: %d
 postgres:
   schema: %s
-  statement_timeout: 20s
+  statement_timeout: %s
 coordinator:
   workers: 2
   batch_size: 1000
@@ -397,7 +402,7 @@ metrics:
   addr: "-"
 shutdown_timeout: %s
 topics:
-%s`, s.group, chaosSession, maxPoll, s.schema, capacity, sl.overflow, filepath.Join(s.dir, sl.name+".wal"),
+%s`, s.group, chaosSession, maxPoll, s.schema, chaosStatementTimeout, capacity, sl.overflow, filepath.Join(s.dir, sl.name+".wal"),
 		s.dlqTopic, sl.dlqFile, chaosShutdown, topics.String())
 	if err := os.WriteFile(sl.cfg, []byte(cfg), 0o600); err != nil {
 		s.t.Fatal(err)
@@ -553,20 +558,21 @@ func (s *soak) produce(ctx context.Context, d time.Duration) <-chan int64 {
 		var cmu sync.Mutex
 		end := time.Now().Add(d)
 		start := time.Now()
-		var sent int64
+		var steady int64 // records sent at the steady rate (bursts come on top)
 		burstLeft := 0
-		nextBurst := 5000 + rng.IntN(10000)
+		nextBurst := 3000 + rng.IntN(6000)
 		for time.Now().Before(end) && ctx.Err() == nil {
 			if burstLeft == 0 {
-				due := start.Add(time.Duration(float64(sent) / s.s.rate * float64(time.Second)))
+				due := start.Add(time.Duration(float64(steady) / s.s.rate * float64(time.Second)))
 				if wait := time.Until(due); wait > 0 {
 					time.Sleep(min(wait, 100*time.Millisecond))
 					continue
 				}
+				steady++
 				nextBurst--
 				if nextBurst <= 0 {
 					burstLeft = 2000 + rng.IntN(6000)
-					nextBurst = 5000 + rng.IntN(10000)
+					nextBurst = 3000 + rng.IntN(6000)
 				}
 			} else {
 				burstLeft--
@@ -585,7 +591,6 @@ func (s *soak) produce(ctx context.Context, d time.Duration) <-chan int64 {
 					acked.Done()
 				})
 			}
-			sent++
 		}
 		_ = cl.Flush(context.Background())
 		acked.Wait()
@@ -660,8 +665,9 @@ func (s *soak) injectFaults(ctx context.Context, until time.Time) {
 	time.Sleep(5 * time.Second) // let the group form
 	for time.Now().Before(until) && ctx.Err() == nil {
 		kind := s.s.faults[rng.IntN(len(s.s.faults))]
+		s.t.Logf("%s fault %s", time.Now().Format("15:04:05.000"), kind)
 		s.inject(rng, kind)
-		time.Sleep(time.Duration(1000+rng.IntN(4000)) * time.Millisecond)
+		time.Sleep(time.Duration(500+rng.IntN(2500)) * time.Millisecond)
 	}
 }
 
@@ -749,6 +755,32 @@ func (s *soak) inject(rng *rand.Rand, kind string) {
 		if err := s.pg.start(); err != nil {
 			s.violate("soak: restarting PostgreSQL: %v", err)
 		}
+	case faultLock:
+		tt := s.topics[rng.IntN(len(s.topics))]
+		hold := time.Duration(6000+rng.IntN(6000)) * time.Millisecond
+		if err := s.lockTable(tt.table, hold); err != nil {
+			t.Logf("lock: %v", err)
+			return
+		}
+		s.count(kind)
+	case faultDLQDown:
+		if err := s.setDLQMinISR("4"); err != nil {
+			s.violate("soak: %v", err)
+			return
+		}
+		s.count(kind)
+		time.Sleep(time.Duration(5000+rng.IntN(15000)) * time.Millisecond)
+		for i := 0; ; i++ {
+			err := s.setDLQMinISR("2")
+			if err == nil {
+				break
+			}
+			if i == 30 {
+				s.violate("soak: making the dead-letter topic writable again: %v", err)
+				break
+			}
+			time.Sleep(time.Second)
+		}
 	case faultBroker:
 		node := int32(1 + rng.IntN(3))
 		if err := s.kafkaRun("kill3", strconv.Itoa(int(node))); err != nil {
@@ -773,6 +805,50 @@ func (s *soak) kafkaRun(args ...string) error {
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("kafka.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// lockTable holds an exclusive lock on table for hold: the connectors'
+// statements on it run into statement_timeout (57014) meanwhile.
+func (s *soak) lockTable(table string, hold time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), hold+30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '20s'"); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+pgx.Identifier{table}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		return err
+	}
+	time.Sleep(hold)
+	return nil
+}
+
+// setDLQMinISR sets min.insync.replicas of the dead-letter topic: 4, more
+// than its 3 replicas, refuses every produce (NOT_ENOUGH_REPLICAS).
+func (s *soak) setDLQMinISR(v string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := s.adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "min.insync.replicas", Value: kadm.StringPtr(v)}}, s.dlqTopic)
+	if err == nil {
+		for _, r := range resp {
+			if r.Err != nil {
+				err = r.Err
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("setting min.insync.replicas=%s on %s: %w", v, s.dlqTopic, err)
 	}
 	return nil
 }
@@ -831,7 +907,7 @@ func (s *soak) monitor(ctx context.Context) {
 			if lo.Err != nil {
 				return
 			}
-			key := fmt.Sprintf("%s/%d", lo.Topic, lo.Partition)
+			key := fmt.Sprintf("%s/%d", s.tableOf(lo.Topic), lo.Partition)
 			c, _ := committed.Lookup(lo.Topic, lo.Partition)
 			pr := progress[key]
 			if pr == nil || c.At != pr.at || c.At >= lo.Offset {
@@ -846,6 +922,15 @@ func (s *soak) monitor(ctx context.Context) {
 			}
 		})
 	}
+}
+
+func (s *soak) tableOf(topic string) string {
+	for _, tt := range s.topics {
+		if tt.name == topic {
+			return tt.table
+		}
+	}
+	return topic
 }
 
 func procRSS(pid int) int64 {
