@@ -73,11 +73,13 @@ type chaosSettings struct {
 	oversized  bool   // the 54000 poison (defect 7 makes the connector crash-loop on it)
 	rate       float64
 	partitions int32
-	sharedPG   bool // the shared PostgreSQL (DATABASE_URL): no restarts of it
+	sharedPG   bool          // the shared PostgreSQL (DATABASE_URL): no restarts of it
+	drain      time.Duration // longest wait for the committed offsets to reach the log end at the end
+	selftest   bool          // corrupt the tables and the dead letters before the check, which must notice
 }
 
 func readChaosSettings(t *testing.T) chaosSettings {
-	s := chaosSettings{seed: 1, duration: 150 * time.Second, overflow: "mixed", rate: 300, partitions: 6}
+	s := chaosSettings{seed: 1, duration: 150 * time.Second, drain: 5 * time.Minute, overflow: "mixed", rate: 300, partitions: 6}
 	if v := os.Getenv("CHAOS_SEED"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
@@ -91,6 +93,13 @@ func readChaosSettings(t *testing.T) chaosSettings {
 			t.Fatalf("CHAOS_DURATION=%q: %v", v, err)
 		}
 		s.duration = d
+	}
+	if v := os.Getenv("CHAOS_DRAIN"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("CHAOS_DRAIN=%q: %v", v, err)
+		}
+		s.drain = d
 	}
 	if v := os.Getenv("CHAOS_RATE"); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
@@ -107,6 +116,7 @@ func readChaosSettings(t *testing.T) chaosSettings {
 	}
 	s.oversized = os.Getenv("CHAOS_OVERSIZED") == "1"
 	s.sharedPG = os.Getenv("CHAOS_PG") == "shared"
+	s.selftest = os.Getenv("CHAOS_SELFTEST") == "1"
 	s.faults = allFaults
 	if v, ok := os.LookupEnv("CHAOS_FAULTS"); ok {
 		s.faults = nil
@@ -213,7 +223,11 @@ func (s *soak) count(kind string) {
 //	CHAOS_OVERFLOW   block, drop_oldest or mixed (default: one process in three drop_oldest)
 //	CHAOS_OVERSIZED  1 adds the 8,000-character symbol poison (SQLSTATE 54000, defect 7)
 //	CHAOS_RATE       records per second per topic between bursts (default 300)
+//	CHAOS_DRAIN      longest wait at the end for the committed offsets to reach the log end (default 5m)
 //	CHAOS_PG         shared: the shared DATABASE_URL instead of a PostgreSQL of its own (no restarts)
+//	CHAOS_SELFTEST   1: after the drain, break each invariant once on purpose (a stale upsert row, an
+//	                 exactly_once row twice, an insert row missing, a good record dead-lettered); the
+//	                 test passes only if the checker reports each of them
 func TestChaos(t *testing.T) {
 	if os.Getenv("KTSINK_CHAOS") != "1" {
 		t.Skip("the fault-injection soak runs with KTSINK_CHAOS=1 (make chaos)")
@@ -243,9 +257,15 @@ func TestChaos(t *testing.T) {
 	cancel()
 	<-monitorDone
 	s.wg.Wait()
+	if cs.selftest {
+		s.corrupt()
+	}
 	rep := s.check(n)
 	rep.elapsed = time.Since(started)
 	s.print(rep)
+	if cs.selftest {
+		s.expectCorruptionFound()
+	}
 	if len(s.violations) > 0 {
 		t.Fatalf("chaos seed %d: %d violation(s):\n%s", cs.seed, len(s.violations), strings.Join(s.violations, "\n"))
 	}
@@ -506,6 +526,14 @@ func (s *soak) terminate(sl *slot) {
 	sl.expected = true
 	p := sl.p
 	s.mu.Unlock()
+	// main installs its signal handler before it logs anything: a SIGTERM
+	// that comes earlier kills the process the default way, which tells
+	// nothing about the connector
+	for wait := time.Now().Add(10 * time.Second); time.Now().Before(wait) && !p.exited(); time.Sleep(50 * time.Millisecond) {
+		if fi, err := os.Stat(p.log); err == nil && fi.Size() > 0 {
+			break
+		}
+	}
 	start := time.Now()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	limit := chaosShutdown + time.Second
@@ -971,7 +999,7 @@ func (s *soak) drain() {
 			s.addSlot()
 		}
 	}
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(s.s.drain)
 	var last string
 	for {
 		ok, desc := s.caughtUp()
@@ -980,7 +1008,7 @@ func (s *soak) drain() {
 		}
 		last = desc
 		if time.Now().After(deadline) {
-			s.violate("drain: the group did not reach the log end within 5m: %s", last)
+			s.violate("drain: the group did not reach the log end within %s: %s", s.s.drain, last)
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -1025,6 +1053,58 @@ func (s *soak) caughtUp() (bool, string) {
 		}
 	})
 	return ok, strings.Join(behind, "; ")
+}
+
+// ---- the checker's self-test ----
+
+// corrupt breaks each invariant once, behind the connectors' backs.
+func (s *soak) corrupt() {
+	t := s.t
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, s.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for _, q := range []string{
+		`UPDATE bars_upsert SET close = close + 1 WHERE ctid = (SELECT ctid FROM bars_upsert LIMIT 1)`,
+		`INSERT INTO bars_once SELECT * FROM bars_once LIMIT 1`,
+		`DELETE FROM bars_insert WHERE (symbol, ts) IN (SELECT symbol, ts FROM bars_insert LIMIT 1)`,
+	} {
+		if tag, err := conn.Exec(ctx, q); err != nil || tag.RowsAffected() == 0 {
+			t.Fatalf("self-test: %s: %v (%d rows)", q, err, tag.RowsAffected())
+		}
+	}
+	// a letter for records that are neither poison nor dropped (the first
+	// three of a partition: at least one of them is a good record)
+	f, err := os.OpenFile(s.slots[0].dlqFile, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for off := range int64(3) {
+		l := dlq.Letter{V: 1, Topic: s.topics[2].name, Partition: 0, Offset: off, ErrorClass: "data", Error: "self-test"}
+		b, _ := json.Marshal(l)
+		if _, err := f.Write(append(b, '\n')); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// expectCorruptionFound checks that the checker reported every break
+// corrupt made, and then forgets the violations: the self-test passes.
+func (s *soak) expectCorruptionFound() {
+	s.mu.Lock()
+	all := strings.Join(s.violations, "\n")
+	s.violations = nil
+	s.mu.Unlock()
+	for _, want := range []string{"upsert bars_upsert: key", "exactly_once bars_once: record", "insert bars_insert: record",
+		"the dead-letter files holds " + s.topics[2].name} {
+		if !strings.Contains(all, want) {
+			s.t.Errorf("self-test: the checker did not report %q; it reported:\n%s", want, all)
+		}
+	}
 }
 
 // ---- the checker ----
