@@ -661,8 +661,13 @@ func (s *soak) nextRecord(rng *rand.Rand, tt chaosTopic, g *loadgen.Bars, recent
 			r.Key = []byte(fmt.Sprintf(`{"symbol":%d`, id))
 			r.Value = nil
 		case poisonTooLong:
-			r.Value = []byte(fmt.Sprintf(`{"symbol":"%s%d","ts":"2026-01-02T00:00:00Z","open":1,"high":1,"low":1,"close":1,"volume":5}`,
-				strings.Repeat("L", 8000), id))
+			// random letters: PostgreSQL compresses a repeated one under
+			// the btree's 2,704 bytes and takes the row
+			sym := make([]byte, 8000)
+			for i := range sym {
+				sym[i] = byte('A' + rng.IntN(26))
+			}
+			r.Value = []byte(fmt.Sprintf(`{"symbol":"%s","ts":"2026-01-02T00:00:00Z","open":1,"high":1,"low":1,"close":1,"volume":5}`, sym))
 		}
 		return r
 	}
@@ -1323,6 +1328,14 @@ func (s *soak) check(produced int64) chaosReport {
 	return rep
 }
 
+// short cuts a long symbol (the oversized poison) for a message.
+func short(sym string) string {
+	if len(sym) > 24 {
+		return fmt.Sprintf("%s…(%d chars)", sym[:16], len(sym))
+	}
+	return sym
+}
+
 func poisonKind(r *kgo.Record) string {
 	for _, h := range r.Headers {
 		if h.Key == chaosHeader {
@@ -1411,12 +1424,12 @@ func (s *soak) checkUpsert(tt chaosTopic, ops []op, dropped map[recID]bool, rows
 			} else {
 				have = "no row"
 			}
-			report("key %s %s: table holds %s, want the last record %s", k.symbol, time.UnixMicro(k.ts).UTC().Format(time.RFC3339), have, desc)
+			report("key %s %s: table holds %s, want the last record %s", short(k.symbol), time.UnixMicro(k.ts).UTC().Format(time.RFC3339), have, desc)
 		}
 	}
 	for k := range rows {
 		if wants[k] == nil {
-			report("row %v was never produced", k)
+			report("row %s %s was never produced", short(k.symbol), time.UnixMicro(k.ts).UTC().Format(time.RFC3339))
 		}
 	}
 	if bad > 10 {
