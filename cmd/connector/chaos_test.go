@@ -66,16 +66,17 @@ const (
 // chaosSettings are read from the environment (make chaos passes SEED and
 // DURATION as CHAOS_SEED and CHAOS_DURATION).
 type chaosSettings struct {
-	seed       uint64
-	duration   time.Duration
-	faults     []string
-	overflow   string // block, drop_oldest or mixed (one process in three drops)
-	oversized  bool   // the 54000 poison (defect 7 makes the connector crash-loop on it)
-	rate       float64
-	partitions int32
-	sharedPG   bool          // the shared PostgreSQL (DATABASE_URL): no restarts of it
-	drain      time.Duration // longest wait for the committed offsets to reach the log end at the end
-	selftest   bool          // corrupt the tables and the dead letters before the check, which must notice
+	seed        uint64
+	duration    time.Duration
+	faults      []string
+	overflow    string // block, drop_oldest or mixed (one process in three drops)
+	oversized   bool   // the 54000 poison (defect 7 makes the connector crash-loop on it)
+	rate        float64
+	partitions  int32
+	sharedPG    bool          // the shared PostgreSQL (DATABASE_URL): no restarts of it
+	drain       time.Duration // longest wait for the committed offsets to reach the log end at the end
+	termAtStart bool          // also SIGTERM processes during start-up (exits 1 today)
+	selftest    bool          // corrupt the tables and the dead letters before the check, which must notice
 }
 
 func readChaosSettings(t *testing.T) chaosSettings {
@@ -117,6 +118,7 @@ func readChaosSettings(t *testing.T) chaosSettings {
 	s.oversized = os.Getenv("CHAOS_OVERSIZED") == "1"
 	s.sharedPG = os.Getenv("CHAOS_PG") == "shared"
 	s.selftest = os.Getenv("CHAOS_SELFTEST") == "1"
+	s.termAtStart = os.Getenv("CHAOS_TERM_AT_START") == "1"
 	s.faults = allFaults
 	if v, ok := os.LookupEnv("CHAOS_FAULTS"); ok {
 		s.faults = nil
@@ -223,6 +225,8 @@ func (s *soak) count(kind string) {
 //	CHAOS_OVERFLOW   block, drop_oldest or mixed (default: one process in three drop_oldest)
 //	CHAOS_OVERSIZED  1 adds the 8,000-character symbol poison (SQLSTATE 54000, defect 7)
 //	CHAOS_RATE       records per second per topic between bursts (default 300)
+//	CHAOS_TERM_AT_START 1: half the term faults also send SIGTERM to a process during its start-up, which
+//	                 exits 1 today ("creating dead-letter topic …: context canceled"), a violation
 //	CHAOS_DRAIN      longest wait at the end for the committed offsets to reach the log end (default 5m)
 //	CHAOS_PG         shared: the shared DATABASE_URL instead of a PostgreSQL of its own (no restarts)
 //	CHAOS_SELFTEST   1: after the drain, break each invariant once on purpose (a stale upsert row, an
@@ -520,19 +524,28 @@ func (s *soak) running() []*slot {
 }
 
 // terminate sends SIGTERM and checks that the process exits 0 within
-// shutdown_timeout (plus a second for the process itself).
-func (s *soak) terminate(sl *slot) {
+// shutdown_timeout (plus a second for the process itself); atStart sends it
+// during start-up, once the process has logged its first line.
+func (s *soak) terminate(sl *slot, atStart bool) {
 	s.mu.Lock()
 	sl.expected = true
 	p := sl.p
 	s.mu.Unlock()
 	// main installs its signal handler before it logs anything: a SIGTERM
 	// that comes earlier kills the process the default way, which tells
-	// nothing about the connector
-	for wait := time.Now().Add(10 * time.Second); time.Now().Before(wait) && !p.exited(); time.Sleep(50 * time.Millisecond) {
-		if fi, err := os.Stat(p.log); err == nil && fi.Size() > 0 {
+	// nothing about the connector. Unless atStart, wait until it is running
+	// (a SIGTERM during start-up exits 1: see CHAOS_TERM_AT_START).
+	want := "connector running"
+	if atStart {
+		want = "level="
+	}
+	for wait := time.Now().Add(60 * time.Second); time.Now().Before(wait) && !p.exited(); time.Sleep(50 * time.Millisecond) {
+		if b, err := os.ReadFile(p.log); err == nil && strings.Contains(string(b), want) {
 			break
 		}
+	}
+	if atStart {
+		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
 	}
 	start := time.Now()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -736,7 +749,7 @@ func (s *soak) inject(rng *rand.Rand, kind string) {
 		r := s.running()
 		if len(r) >= 4 || (len(r) > 2 && rng.IntN(2) == 0) {
 			sl := r[rng.IntN(len(r))]
-			s.terminate(sl)
+			s.terminate(sl, false)
 			s.mu.Lock()
 			sl.removed = true
 			s.mu.Unlock()
@@ -764,9 +777,14 @@ func (s *soak) inject(rng *rand.Rand, kind string) {
 		if sl == nil {
 			return
 		}
-		s.terminate(sl)
+		s.terminate(sl, false)
 		s.count(kind)
 		s.launch(sl)
+		if s.s.termAtStart && rng.IntN(2) == 0 {
+			s.terminate(sl, true)
+			s.count(kind + "-at-start")
+			s.launch(sl)
+		}
 	case faultPGKill:
 		n, err := s.terminateBackends()
 		if err != nil {
@@ -1024,7 +1042,7 @@ func (s *soak) drain() {
 	var wg sync.WaitGroup
 	for _, sl := range s.running() {
 		wg.Add(1)
-		go func() { defer wg.Done(); s.terminate(sl) }()
+		go func() { defer wg.Done(); s.terminate(sl, false) }()
 	}
 	wg.Wait()
 }
