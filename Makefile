@@ -47,8 +47,12 @@ build:
 unit:
 	$(GO) test ./...
 
+# make test runs the short soak too (TestChaos, about 3 minutes of cmd/connector's
+# tests: its own brokers and PostgreSQL, seed $(SEED)); TEST_CHAOS=0 leaves it out.
+TEST_CHAOS ?= 1
 test: lint
 	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
+		KTSINK_CHAOS=$(TEST_CHAOS) CHAOS_SEED=$(SEED) \
 		scripts/with-services.sh $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 lint: $(STATICCHECK)
