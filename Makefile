@@ -11,6 +11,12 @@
 #   make services-up    start (or reuse) PostgreSQL and Kafka for working by hand
 #   make services-down  stop what services-up started (PostgreSQL keeps its data
 #                       for the next services-up; scripts/postgres.sh purge drops it)
+#   make chaos          the seeded fault-injection soak (cmd/connector/chaos_test.go):
+#                       three brokers and a PostgreSQL of its own, connectors killed,
+#                       stopped, added and removed, backends terminated, PostgreSQL
+#                       and brokers restarted, then an independent check;
+#                       make chaos DURATION=30m SEED=7 (CHAOS_FAULTS, CHAOS_OVERFLOW,
+#                       CHAOS_OVERSIZED, CHAOS_RATE: see TestChaos)
 #
 # Ports and addresses can be overridden: make test PGPORT=15432 KAFKA_PORT=19092 TSPORT=15434.
 # Commands that need the services run under scripts/with-services.sh.
@@ -43,8 +49,12 @@ build:
 unit:
 	$(GO) test ./...
 
+# make test runs the short soak too (TestChaos, about 3 minutes of cmd/connector's
+# tests: its own brokers and PostgreSQL, seed $(SEED)); TEST_CHAOS=0 leaves it out.
+TEST_CHAOS ?= 1
 test: lint
 	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
+		KTSINK_CHAOS=$(TEST_CHAOS) CHAOS_SEED=$(SEED) \
 		GO=$(GO) TEST_TIMEOUT=$(TEST_TIMEOUT) scripts/with-services.sh scripts/test.sh
 
 # Each deliberate break of an invariant in testdata/mutants/ must make the
@@ -78,7 +88,16 @@ services-down:
 clean:
 	rm -rf bin
 
-.PHONY: demo bench
+.PHONY: demo bench chaos
+
+# Needs no shared service: the soak starts its own Kafka cluster (scripts/kafka.sh
+# up3 on ports of its own) and its own PostgreSQL 15 (initdb in a temporary folder).
+SEED ?= 1
+DURATION ?= 150s
+CHAOS_TIMEOUT ?= 3h
+chaos:
+	KTSINK_CHAOS=1 CHAOS_SEED=$(SEED) CHAOS_DURATION=$(DURATION) \
+		$(GO) test -count=1 -timeout $(CHAOS_TIMEOUT) -run '^TestChaos$$' -v ./cmd/connector
 
 # The main job end to end on local services: generated market data of every
 # kind (bars, options, fundamentals, news; DEMO_RECORDS of each), the connector,
