@@ -73,6 +73,12 @@ func (d *dropper) take() (<-chan struct{}, error) {
 	it := oldest.popOldest()
 	c.q.took(1, it.size)
 	ps := c.parts[it.rec.TP()]
+	if ps == nil || !ps.writable() {
+		// queued records leave with their partition (takeOut): none is
+		// left behind, but nothing is dropped for a partition not ours
+		c.q.ended(it.size)
+		return nil, nil
+	}
 	ps.dropping++
 	ps.inflight++ // a revoke waits for the dead letter to be durable
 	d.bytes += it.size
