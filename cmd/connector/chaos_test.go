@@ -1048,34 +1048,11 @@ func (s *soak) drain() {
 }
 
 func (s *soak) caughtUp() (bool, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var names []string
 	for _, tt := range s.topics {
 		names = append(names, tt.name)
 	}
-	ends, err := s.adm.ListEndOffsets(ctx, names...)
-	if err != nil {
-		return false, err.Error()
-	}
-	committed, err := s.adm.FetchOffsets(ctx, s.group)
-	if err != nil {
-		return false, err.Error()
-	}
-	ok := true
-	var behind []string
-	ends.Each(func(lo kadm.ListedOffset) {
-		c, found := committed.Lookup(lo.Topic, lo.Partition)
-		if !found || c.At != lo.Offset {
-			ok = false
-			at := int64(-1)
-			if found {
-				at = c.At
-			}
-			behind = append(behind, fmt.Sprintf("%s/%d committed %d end %d", lo.Topic, lo.Partition, at, lo.Offset))
-		}
-	})
-	return ok, strings.Join(behind, "; ")
+	return groupCaughtUp(s.adm, s.group, names...)
 }
 
 // ---- the checker's self-test ----

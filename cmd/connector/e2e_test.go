@@ -351,14 +351,18 @@ func (e *env) waitCaughtUp(timeout time.Duration, alive ...*proc) {
 	e.t.Fatalf("group %s did not catch up within %s: %s", e.group, timeout, last)
 }
 
-func (e *env) caughtUp() (bool, string) {
+func (e *env) caughtUp() (bool, string) { return groupCaughtUp(e.adm, e.group, e.topic) }
+
+// groupCaughtUp says whether group's committed offsets are at the end of
+// every partition of topics, and if not, which lag behind.
+func groupCaughtUp(adm *kadm.Client, group string, topics ...string) (bool, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ends, err := e.adm.ListEndOffsets(ctx, e.topic)
+	ends, err := adm.ListEndOffsets(ctx, topics...)
 	if err != nil {
 		return false, err.Error()
 	}
-	committed, err := e.adm.FetchOffsets(ctx, e.group)
+	committed, err := adm.FetchOffsets(ctx, group)
 	if err != nil {
 		return false, err.Error()
 	}
@@ -372,10 +376,10 @@ func (e *env) caughtUp() (bool, string) {
 			if found {
 				at = c.At
 			}
-			behind = append(behind, fmt.Sprintf("p%d %d/%d", lo.Partition, at, lo.Offset))
+			behind = append(behind, fmt.Sprintf("%s/%d committed %d end %d", lo.Topic, lo.Partition, at, lo.Offset))
 		}
 	})
-	return ok, strings.Join(behind, " ")
+	return ok, strings.Join(behind, "; ")
 }
 
 // checkTable compares the bars table with want exactly, field by field.
