@@ -59,6 +59,10 @@ type WAL interface {
 	// Forget deletes every entry with a span of tp: they are of a log
 	// that is no more (the partition starts over past its end).
 	Forget(tp record.TopicPartition) error
+	// BindTopic ties the entries of topic to its Kafka ID, forgetting
+	// those of an earlier topic of the same name (another ID), and returns
+	// how many it forgot.
+	BindTopic(topic string, id record.TopicID) (int, error)
 }
 
 // Recovery is what the WAL knows of one partition at assignment.
@@ -79,6 +83,10 @@ type OffsetStore interface {
 	// ResetStoredOffset sets tp's stored next offset to off: its log
 	// started over.
 	ResetStoredOffset(ctx context.Context, tp record.TopicPartition, off int64) error
+	// BindTopic ties the offsets stored for topic to its Kafka ID,
+	// deleting those of an earlier topic of the same name (another ID),
+	// and returns how many partitions' offsets it deleted.
+	BindTopic(ctx context.Context, topic string, id record.TopicID) (int, error)
 }
 
 // DeadLetters makes rejected records durable (package dlq).

@@ -48,6 +48,7 @@ type world struct {
 	commitMu   sync.Mutex                      // one commit at a time, as the source makes them
 	inRevoke   bool                            // under commitMu: the commit is of Revoke's positions
 	forgot     []record.TopicPartition         // partitions the WAL was told to forget
+	topicIDs   map[string]record.TopicID       // what the WAL's entries of each topic were written for
 }
 
 func newWorld(t *testing.T) *world {
@@ -110,6 +111,27 @@ func (w *world) Forget(tp record.TopicPartition) error {
 	delete(w.recovered, tp)
 	w.forgot = append(w.forgot, tp)
 	return nil
+}
+
+func (w *world) BindTopic(topic string, id record.TopicID) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	old, ok := w.topicIDs[topic]
+	if w.topicIDs == nil {
+		w.topicIDs = map[string]record.TopicID{}
+	}
+	w.topicIDs[topic] = id
+	if !ok || old == id {
+		return 0, nil
+	}
+	n := 0
+	for tp := range w.recovered {
+		if tp.Topic == topic {
+			delete(w.recovered, tp)
+			n++
+		}
+	}
+	return n, nil
 }
 
 // commitFrom commits what c reports committable, the way the source does.
@@ -1645,8 +1667,9 @@ func waitUntil(t *testing.T, cond func() bool, what string) {
 
 // memStore is an offset store in memory.
 type memStore struct {
-	mu     sync.Mutex
-	stored map[record.TopicPartition]int64
+	mu       sync.Mutex
+	stored   map[record.TopicPartition]int64
+	topicIDs map[string]record.TopicID
 }
 
 func (s *memStore) StoredOffsets(_ context.Context, tps []record.TopicPartition) (map[record.TopicPartition]int64, error) {
@@ -1659,6 +1682,27 @@ func (s *memStore) StoredOffsets(_ context.Context, tps []record.TopicPartition)
 		}
 	}
 	return out, nil
+}
+
+func (s *memStore) BindTopic(_ context.Context, topic string, id record.TopicID) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.topicIDs[topic]
+	if s.topicIDs == nil {
+		s.topicIDs = map[string]record.TopicID{}
+	}
+	s.topicIDs[topic] = id
+	if !ok || old == id {
+		return 0, nil
+	}
+	n := 0
+	for tp := range s.stored {
+		if tp.Topic == topic {
+			delete(s.stored, tp)
+			n++
+		}
+	}
+	return n, nil
 }
 
 func (s *memStore) ResetStoredOffset(_ context.Context, tp record.TopicPartition, off int64) error {

@@ -23,8 +23,10 @@ import (
 //   - the offset store, in exactly_once mode: the next offset stored in the
 //     same transaction as the rows is where the partition starts.
 //
-// A start past the log end (the topic was created again, or its log
-// truncated: the witness remembers an older log) is never trusted: the
+// A topic deleted and created again under its name is told by its Kafka
+// ID: what the WAL and the offset store remember of the old topic is
+// forgotten first (bindTopics). A start past the log end (the log was
+// truncated, or a witness predates topic IDs) is never trusted: the
 // PastEnd policy stops with an error wrapping record.ErrStartPastEnd, or
 // starts at the log's start or end, forgetting the partition's WAL entries
 // and resetting its stored offset.
@@ -80,8 +82,12 @@ type witness struct {
 }
 
 // witnesses asks the WAL and the offset store about the assigned
-// partitions.
+// partitions, once each has tied what it knows of their topics to the
+// topics' IDs (bindTopics).
 func (c *Coordinator) witnesses(ctx context.Context, assigned map[record.TopicPartition]record.Assigned) (map[record.TopicPartition]witness, error) {
+	if err := c.bindTopics(ctx, assigned); err != nil {
+		return nil, err
+	}
 	out := make(map[record.TopicPartition]witness, len(assigned))
 	tps := make([]record.TopicPartition, 0, len(assigned))
 	for tp, a := range assigned {
@@ -109,6 +115,37 @@ func (c *Coordinator) witnesses(ctx context.Context, assigned map[record.TopicPa
 		out[tp] = w
 	}
 	return out, nil
+}
+
+// bindTopics tells the WAL and the offset store each assigned topic's
+// Kafka ID, so that what they remember of an earlier topic of the same
+// name (deleted and created again) is forgotten, not taken for this one's:
+// the partition then starts at Kafka's committed offset, which Kafka
+// deleted with the old topic.
+func (c *Coordinator) bindTopics(ctx context.Context, assigned map[record.TopicPartition]record.Assigned) error {
+	ids := map[string]record.TopicID{}
+	for tp, a := range assigned {
+		if !a.TopicID.IsZero() {
+			ids[tp.Topic] = a.TopicID
+		}
+	}
+	for topic, id := range ids {
+		forgot, err := c.wal.BindTopic(topic, id)
+		if err != nil {
+			return fmt.Errorf("binding topic %s in the WAL: %w", topic, err)
+		}
+		deleted := 0
+		if c.store != nil {
+			if deleted, err = c.store.BindTopic(ctx, topic, id); err != nil {
+				return fmt.Errorf("binding topic %s in the offset store: %w", topic, err)
+			}
+		}
+		if forgot > 0 || deleted > 0 {
+			c.log.Warn("topic created again: what was known of the old topic is forgotten; its partitions start at their committed offsets",
+				"topic", topic, "id", id.String(), "wal_entries", forgot, "stored_offsets", deleted)
+		}
+	}
+	return nil
 }
 
 // startOf decides where tp starts, following the PastEnd policy when the

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/record"
 )
 
@@ -52,6 +53,8 @@ func (m mapStore) StoredOffsets(_ context.Context, tps []record.TopicPartition) 
 	}
 	return out, nil
 }
+
+func (m mapStore) BindTopic(context.Context, string, record.TopicID) (int, error) { return 0, nil }
 
 func (m mapStore) ResetStoredOffset(_ context.Context, tp record.TopicPartition, off int64) error {
 	m[tp] = off
@@ -151,5 +154,53 @@ func TestAssignDecidesStarts(t *testing.T) {
 				t.Errorf("ktsink_wal_in_doubt_batches_total = %v, in-doubt line logged %v; want %d batches\n%s", n, said, tt.inDoubt, log.String())
 			}
 		})
+	}
+}
+
+// TestTopicCreatedAgain: a topic deleted and created again under its name
+// has a new Kafka ID. What the WAL and the offset store remember of the old
+// topic (here past the new log's end) is forgotten, so the partition starts
+// at Kafka's committed offset (none: Kafka deleted it with the topic)
+// instead of stopping on a start past the log end, or skipping the new
+// topic's records; another topic's witnesses are kept.
+func TestTopicCreatedAgain(t *testing.T) {
+	bars := record.TopicPartition{Topic: "bars", Partition: 0}
+	news := record.TopicPartition{Topic: "news", Partition: 0}
+	w := newWorld(t)
+	w.recovered = map[record.TopicPartition]int64{bars: 70, news: 50}
+	store := &memStore{stored: map[record.TopicPartition]int64{bars: 90}}
+	cfg := testConfig()
+	cfg.PastEnd = config.PastEndFail
+	oldID, newID, newsID := record.TopicID{1}, record.TopicID{2}, record.TopicID{3}
+
+	c := newCoord(t, w, cfg, WithOffsetStore(store))
+	starts, err := c.Assign(context.Background(), map[record.TopicPartition]record.Assigned{
+		bars: {Committed: 40, LogStart: 0, LogEnd: 100, TopicID: oldID},
+		news: {Committed: 20, LogStart: 0, LogEnd: 100, TopicID: newsID},
+	})
+	if err != nil || starts[bars] != 90 || starts[news] != 50 {
+		t.Fatalf("first assignment: starts %v, %v; want bars at 90 (stored) and news at 50 (WAL)", starts, err)
+	}
+
+	// a restart after the topic was created again: its log is 30 records
+	c = newCoord(t, w, cfg, WithOffsetStore(store))
+	starts, err = c.Assign(context.Background(), map[record.TopicPartition]record.Assigned{
+		bars: {Committed: -1, LogStart: 0, LogEnd: 30, TopicID: newID},
+		news: {Committed: 20, LogStart: 0, LogEnd: 100, TopicID: newsID},
+	})
+	if err != nil {
+		t.Fatalf("the topic created again was refused: %v", err)
+	}
+	if st, moved := starts[bars]; moved {
+		t.Fatalf("bars starts at %d; want its committed offset (none), the old topic's witnesses forgotten", st)
+	}
+	if starts[news] != 50 {
+		t.Fatalf("news starts at %d, want 50: another topic's WAL entries were forgotten", starts[news])
+	}
+	if _, ok := store.stored[bars]; ok {
+		t.Fatalf("the old topic's stored offset was kept: %v", store.stored)
+	}
+	if _, ok := w.recovered[bars]; ok {
+		t.Fatalf("the old topic's WAL entries were kept: %v", w.recovered)
 	}
 }

@@ -5,6 +5,7 @@
 package record
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"time"
@@ -89,7 +90,23 @@ type Assigned struct {
 	Committed int64
 	LogStart  int64
 	LogEnd    int64
+	// TopicID is the ID Kafka gave the partition's topic when it was
+	// created (zero when unknown). A topic deleted and created again under
+	// the same name has a new one: what the WAL and the offset store
+	// remember of the old topic is then forgotten, never taken for the new
+	// topic's.
+	TopicID TopicID
 }
+
+// TopicID is a Kafka topic's ID, 16 bytes.
+type TopicID [16]byte
+
+// IsZero says the ID is unknown.
+func (id TopicID) IsZero() bool { return id == TopicID{} }
+
+// String writes the ID the way Kafka's tools print it: URL-safe base64
+// without padding.
+func (id TopicID) String() string { return base64.RawURLEncoding.EncodeToString(id[:]) }
 
 // ErrStartPastEnd is wrapped by the error of an assignment whose start
 // offset lies past the end of the partition's log, when the configured

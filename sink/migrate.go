@@ -51,6 +51,9 @@ func (w *Writer) Migrate(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, w.offsets.create); err != nil {
 		return fmt.Errorf("migrating: creating offsets table %s: %w", w.offsets.id.Sanitize(), err)
 	}
+	if _, err := tx.Exec(ctx, w.offsets.topics.create); err != nil {
+		return fmt.Errorf("migrating: creating topic IDs table %s: %w", w.offsets.topics.id.Sanitize(), err)
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("migrating: %w", &SchemaError{Problems: problems})
 	}

@@ -12,12 +12,36 @@ import (
 type offsetsSQL struct {
 	id                                      pgx.Identifier
 	create, update, insert, get, one, reset string
+	topics                                  topicsSQL
+}
+
+// topicsSQL is the offsets table's companion: per group and topic, the
+// Kafka topic ID the offsets rows of the topic were written for.
+type topicsSQL struct {
+	id                                  pgx.Identifier
+	create, claim, lock, forget, rebind string
 }
 
 func newOffsetsSQL(id pgx.Identifier) offsetsSQL {
 	n := id.Sanitize()
+	tid := pgx.Identifier{id[0], id[1] + "_topics"}
+	tn := tid.Sanitize()
 	return offsetsSQL{
 		id: id,
+		topics: topicsSQL{
+			id: tid,
+			create: "CREATE TABLE IF NOT EXISTS " + tn + ` (
+	consumer_group text NOT NULL,
+	topic text NOT NULL,
+	topic_id uuid NOT NULL,
+	bound_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (consumer_group, topic))`,
+			claim: "INSERT INTO " + tn + " (consumer_group, topic, topic_id) VALUES ($1, $2, $3)" +
+				" ON CONFLICT (consumer_group, topic) DO NOTHING",
+			lock:   "SELECT topic_id FROM " + tn + " WHERE consumer_group = $1 AND topic = $2 FOR UPDATE",
+			forget: "DELETE FROM " + n + " WHERE consumer_group = $1 AND topic = $2",
+			rebind: "UPDATE " + tn + " SET topic_id = $3, bound_at = now() WHERE consumer_group = $1 AND topic = $2",
+		},
 		create: "CREATE TABLE IF NOT EXISTS " + n + ` (
 	consumer_group text NOT NULL,
 	topic text NOT NULL,
@@ -75,6 +99,53 @@ func (w *Writer) ResetOffset(ctx context.Context, tp record.TopicPartition, off 
 		return fmt.Errorf("resetting the offset of %s in %s: %w", tp, w.offsets.id.Sanitize(), err)
 	}
 	return nil
+}
+
+// BindTopic ties the offsets stored for topic to the topic's Kafka ID,
+// and returns how many partitions' stored offsets it deleted. Call it when
+// the topic's partitions are assigned, before Offsets, with the ID Kafka
+// reports now:
+//   - the first time, the ID is stored and the offsets rows are kept (rows
+//     written before IDs were kept are trusted, as they were before);
+//   - the same ID again changes nothing;
+//   - another ID means the topic was deleted and created again under the
+//     same name: the group's offsets rows of the topic are deleted and the
+//     new ID stored, in one transaction. The old topic's next offsets
+//     would otherwise be taken for the new log's: a start past records
+//     never read, or past the new log's end.
+//
+// A zero id (the broker gave none) changes nothing.
+func (w *Writer) BindTopic(ctx context.Context, topic string, id record.TopicID) (int, error) {
+	if id.IsZero() {
+		return 0, nil
+	}
+	q := w.offsets.topics
+	var n int
+	err := pgx.BeginFunc(ctx, w.db, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, q.claim, w.cfg.Group, topic, [16]byte(id))
+		if err != nil || tag.RowsAffected() == 1 {
+			return err
+		}
+		var bound [16]byte
+		if err := tx.QueryRow(ctx, q.lock, w.cfg.Group, topic).Scan(&bound); err != nil {
+			return err
+		}
+		if bound == id {
+			return nil
+		}
+		if tag, err = tx.Exec(ctx, q.forget, w.cfg.Group, topic); err != nil {
+			return err
+		}
+		n = int(tag.RowsAffected())
+		w.log.Warn("the topic was created again (its ID changed): deleting the offsets stored for the old one",
+			"topic", topic, "old_id", record.TopicID(bound).String(), "id", id.String(), "partitions", n)
+		_, err = tx.Exec(ctx, q.rebind, w.cfg.Group, topic, [16]byte(id))
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("binding the offsets of %s in %s to the topic's ID: %w", topic, q.id.Sanitize(), err)
+	}
+	return n, nil
 }
 
 // advanceOffsets moves each exactly_once span's offsets row from From to

@@ -69,7 +69,7 @@ func (s *Source) adjustOffsets(ctx context.Context, offsets map[string]map[int32
 }
 
 // logBounds lists the start and end offsets of the assigned partitions'
-// logs.
+// logs, and their topics' IDs.
 func (s *Source) logBounds(ctx context.Context, assigned map[record.TopicPartition]record.Assigned) error {
 	var topics []string
 	for tp := range assigned {
@@ -97,7 +97,14 @@ func (s *Source) logBounds(ctx context.Context, assigned map[record.TopicPartiti
 	if err != nil {
 		return fmt.Errorf("listing log end offsets: %w", err)
 	}
+	md, err := adm.Metadata(ctx, topics...)
+	if err != nil {
+		return fmt.Errorf("reading the assigned topics' metadata: %w", err)
+	}
 	for tp, a := range assigned {
+		if td, ok := md.Topics[tp.Topic]; ok && td.Err == nil {
+			a.TopicID = record.TopicID(td.ID)
+		}
 		if o, ok := starts.Lookup(tp.Topic, tp.Partition); ok {
 			a.LogStart = o.Offset
 		}

@@ -129,6 +129,7 @@ func (m *memWAL) MarkApplied(uint64) error                          { return nil
 func (m *memWAL) Discard(uint64) error                              { return nil }
 func (m *memWAL) Trim(map[record.TopicPartition]int64) (int, error) { return 0, nil }
 func (m *memWAL) Forget(record.TopicPartition) error                { return nil }
+func (m *memWAL) BindTopic(string, record.TopicID) (int, error)     { return 0, nil }
 func (m *memWAL) Recover(_ record.TopicPartition, committed int64) (coordinator.Recovery, error) {
 	return coordinator.Recovery{AppliedThrough: committed}, nil
 }

@@ -58,11 +58,12 @@
 //
 // # Storage
 //
-// The file holds three buckets: entries (key: the entry ID as 8 big-endian
+// The file holds four buckets: entries (key: the entry ID as 8 big-endian
 // bytes; value: a compact varint encoding of the entry), index (key: topic,
 // partition, span From and entry ID, so that Trim and Recover read only the
-// spans of the partitions they are asked about) and meta (the format
-// version). bbolt runs with NoFreelistSync and the map freelist: writes skip
+// spans of the partitions they are asked about), topics (key: a topic's
+// name; value: the Kafka topic ID its entries were written for, see
+// [WAL.BindTopic]) and meta (the format version). bbolt runs with NoFreelistSync and the map freelist: writes skip
 // persisting the freelist, and Open rebuilds it by scanning the file, which
 // is cheap because entries are trimmed after every offset commit and the
 // file stays small.
@@ -304,7 +305,7 @@ func prepare(tx *bolt.Tx) (Stats, error) {
 	} else if len(v) != 1 || v[0] != formatVersion {
 		return Stats{}, fmt.Errorf("%w %v", ErrUnsupportedFormat, v)
 	}
-	for _, name := range [][]byte{bucketEntries, bucketIndex} {
+	for _, name := range [][]byte{bucketEntries, bucketIndex, bucketTopics} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return Stats{}, err
 		}

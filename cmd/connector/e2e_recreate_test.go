@@ -36,13 +36,14 @@ func (e *env) recreateTopic(partitions int32) {
 	}
 }
 
-// TestEndToEndStartPastTheLogEnd: an exactly_once topic deleted and
-// created again leaves the offsets table pointing past the new log's end.
-// The connector refuses to start there by default, naming the partition
-// and both offsets (it used to crash-loop on an empty span); with
-// kafka.start_past_end=earliest it starts the new log from its beginning,
-// resets the stored offsets and lands the new records.
-func TestEndToEndStartPastTheLogEnd(t *testing.T) {
+// TestEndToEndTopicCreatedAgain: an exactly_once topic deleted and created
+// again under its name, with fewer records than before. The offsets table
+// remembers the old topic's offsets, past the new log's end; the topic's
+// new Kafka ID tells the connector they are of another topic, so under the
+// default policy it forgets them, says so, and lands the new topic's
+// records from its start (Kafka deleted the group's committed offsets with
+// the old topic), leaving the offsets table at the new log's end.
+func TestEndToEndTopicCreatedAgain(t *testing.T) {
 	e := newEnv(t, 2)
 	want := map[barKey]loadgen.Bar{}
 	e.produce(loadgen.NewBars(21, 40, 0), 600, want)
@@ -57,6 +58,40 @@ func TestEndToEndStartPastTheLogEnd(t *testing.T) {
 	e.produce(loadgen.NewBars(22, 40, 0), 100, want) // new keys, offsets from 0 again
 
 	p = e.start(cfg)
+	e.waitCaughtUp(2*time.Minute, p)
+	if err := p.stop(t, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if log := p.logText(); !strings.Contains(log, "topic created again") {
+		t.Fatalf("no log line says the topic was created again:\n%s", tail(log, 30))
+	}
+	e.checkTable(want)
+	e.checkStoredAtLogEnd(2)
+}
+
+// TestEndToEndStartPastTheLogEnd: the offsets table of an exactly_once
+// topic points past the end of its log, as after a truncation of the log
+// (here the stored offsets are moved on by hand; the topic and its ID stay
+// the same). The connector refuses to start there by default, naming the
+// partition and both offsets (it used to crash-loop on an empty span); with
+// kafka.start_past_end=earliest it starts the log from its beginning,
+// resets the stored offsets and lands every record.
+func TestEndToEndStartPastTheLogEnd(t *testing.T) {
+	e := newEnv(t, 2)
+	want := map[barKey]loadgen.Bar{}
+	e.produce(loadgen.NewBars(21, 40, 0), 600, want)
+	cfg := e.writeConfig("pastend", topicOpts{mode: "exactly_once"})
+	p := e.start(cfg)
+	e.waitCaughtUp(2*time.Minute, p)
+	if err := p.stop(t, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	tag, err := e.db.Exec(context.Background(), "UPDATE ktsink_offsets SET next_offset = next_offset + 1000 WHERE topic = $1", e.topic)
+	if err != nil || tag.RowsAffected() != 2 {
+		t.Fatalf("moving the stored offsets past the log end: %v rows, %v; want 2", tag.RowsAffected(), err)
+	}
+
+	p = e.start(cfg)
 	select {
 	case <-p.done:
 	case <-time.After(90 * time.Second):
@@ -67,12 +102,21 @@ func TestEndToEndStartPastTheLogEnd(t *testing.T) {
 		t.Fatalf("exit %v; want a failure naming the partition and the reason:\n%s", p.err, tail(log, 30))
 	}
 
+	e.produce(loadgen.NewBars(22, 40, 0), 100, want)
 	p = e.start(cfg, "KAFKA_START_PAST_END=earliest")
 	e.waitCaughtUp(2*time.Minute, p)
 	if err := p.stop(t, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	e.checkTable(want)
+	e.checkStoredAtLogEnd(2)
+}
+
+// checkStoredAtLogEnd checks that the offsets table holds a row for each
+// of the topic's partitions, at its log's end.
+func (e *env) checkStoredAtLogEnd(partitions int) {
+	t := e.t
+	t.Helper()
 	rows, err := e.db.Query(context.Background(), "SELECT partition, next_offset FROM ktsink_offsets WHERE topic = $1", e.topic)
 	if err != nil {
 		t.Fatal(err)
@@ -90,11 +134,11 @@ func TestEndToEndStartPastTheLogEnd(t *testing.T) {
 		}
 		end, _ := ends.Lookup(e.topic, part)
 		if next != end.Offset {
-			t.Errorf("partition %d: stored next offset %d, want the new log's end %d", part, next, end.Offset)
+			t.Errorf("partition %d: stored next offset %d, want the log's end %d", part, next, end.Offset)
 		}
 		n++
 	}
-	if err := rows.Err(); err != nil || n != 2 {
-		t.Fatalf("%d offsets rows (%v), want 2", n, err)
+	if err := rows.Err(); err != nil || n != partitions {
+		t.Fatalf("%d offsets rows (%v), want %d", n, err, partitions)
 	}
 }

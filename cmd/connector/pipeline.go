@@ -348,6 +348,13 @@ func (s exactlyOnceOffsets) StoredOffsets(ctx context.Context, tps []record.Topi
 	return s.w.Offsets(ctx, eo)
 }
 
+func (s exactlyOnceOffsets) BindTopic(ctx context.Context, topic string, id record.TopicID) (int, error) {
+	if !s.topics[topic] {
+		return 0, nil
+	}
+	return s.w.BindTopic(ctx, topic, id)
+}
+
 func (s exactlyOnceOffsets) ResetStoredOffset(ctx context.Context, tp record.TopicPartition, off int64) error {
 	if !s.topics[tp.Topic] {
 		return nil
