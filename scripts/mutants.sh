@@ -16,6 +16,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tree="$root/.cache/mutants/tree" # one copy, reused, so the build cache serves it
 logs="$root/.cache/mutants/logs"
 mkdir -p "$tree" "$logs"
+# the copy lies inside this repository's ignored .cache: without a ceiling,
+# git apply would find the repository above and skip, silently, every patch
+# in `git diff` form ("Skipped patch"), as paths outside the current folder
+export GIT_CEILING_DIRECTORIES="$root/.cache/mutants"
 only=${MUTANTS:-*}
 read -ra pats <<<"$only" # split, never expanded against files
 
