@@ -14,7 +14,8 @@
 #   make chaos          the seeded fault-injection soak (cmd/connector/chaos_test.go):
 #                       three brokers and a PostgreSQL of its own, connectors killed,
 #                       stopped, added and removed, backends terminated, PostgreSQL
-#                       and brokers restarted, then an independent check;
+#                       and brokers restarted, dead letters refused (topic and file),
+#                       all four kinds produced, then an independent check;
 #                       make chaos DURATION=30m SEED=7 (CHAOS_FAULTS, CHAOS_OVERFLOW,
 #                       CHAOS_OVERSIZED, CHAOS_RATE: see TestChaos)
 #

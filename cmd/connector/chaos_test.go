@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -44,6 +45,7 @@ const (
 	faultBroker    = "broker"     // a broker killed with SIGKILL and restarted 3-12 s later
 	faultLock      = "lock"       // a table locked past statement_timeout (57014, retried) for 6-12 s
 	faultDLQDown   = "dlqdown"    // the dead-letter topic unwritable (min.insync.replicas 4 > 3 replicas) for 5-20 s
+	faultDLQFull   = "dlqfull"    // a connector's dead-letter file cannot grow (its disk full) for 5-20 s
 	poisonTooLong  = "oversized"  // an 8,000-character symbol: SQLSTATE 54000 (defect 7)
 	poisonBadKey   = "badkey"     // a tombstone whose key does not decode
 	poisonBadJSON  = "badjson"    // truncated JSON
@@ -51,7 +53,7 @@ const (
 	poisonNoKey    = "missingkey" // no ts
 )
 
-var allFaults = []string{faultKill, faultStop, faultScale, faultTerm, faultPGKill, faultPGRestart, faultBroker, faultLock, faultDLQDown}
+var allFaults = []string{faultKill, faultStop, faultScale, faultTerm, faultPGKill, faultPGRestart, faultBroker, faultLock, faultDLQDown, faultDLQFull}
 
 const (
 	chaosSession  = 6 * time.Second  // kafka.session_timeout of every process
@@ -142,9 +144,11 @@ func readChaosSettings(t *testing.T) chaosSettings {
 // chaosTopic is one source topic of the soak and the table it lands in.
 type chaosTopic struct {
 	name       string
+	kind       string // bars, or options, fundamentals, news (src)
 	mode       string
 	appendOnly bool
 	table      string
+	src        *kindSource // nil for bars
 }
 
 // slot is one connector process identity: its config, WAL and dead-letter
@@ -192,6 +196,8 @@ type soak struct {
 	dlqTopic string
 	group    string
 	adm      *kadm.Client
+	expectMu sync.Mutex
+	expect   map[uint64]expectedRow // by hash of the value, the rows the other kinds' records are to make
 
 	mu         sync.Mutex
 	slots      []*slot
@@ -221,7 +227,7 @@ func (s *soak) count(kind string) {
 //
 //	CHAOS_SEED       seed of the data and of the fault schedule (default 1)
 //	CHAOS_DURATION   how long faults are injected (default 150s), then the drain and the check
-//	CHAOS_FAULTS     comma-separated fault kinds (default all: kill,stop,scale,term,pgkill,pgrestart,broker,lock,dlqdown)
+//	CHAOS_FAULTS     comma-separated fault kinds (default all: kill,stop,scale,term,pgkill,pgrestart,broker,lock,dlqdown,dlqfull)
 //	CHAOS_OVERFLOW   block, drop_oldest or mixed (default: one process in three drop_oldest)
 //	CHAOS_OVERSIZED  0 leaves out the 8,000-character symbol poison (SQLSTATE 54000: dead-lettered alone)
 //	CHAOS_RATE       records per second per topic between bursts (default 300)
@@ -280,14 +286,22 @@ func (s *soak) setup() {
 	s.k = startOwnKafka(t, true)
 	s.brokers = s.k.brokers
 	isr2 := map[string]*string{"min.insync.replicas": kadm.StringPtr("2")}
-	for _, tt := range []chaosTopic{
-		{mode: "upsert", table: "bars_upsert"},
-		{mode: "exactly_once", appendOnly: true, table: "bars_once"},
-		{mode: "insert", appendOnly: true, table: "bars_insert"},
+	for i, tt := range []chaosTopic{
+		{kind: "bars", mode: "upsert", table: "bars_upsert"},
+		{kind: "bars", mode: "exactly_once", appendOnly: true, table: "bars_once"},
+		{kind: "bars", mode: "insert", appendOnly: true, table: "bars_insert"},
+		{kind: "options", mode: "upsert", table: "options"},
+		{kind: "fundamentals", mode: "upsert", table: "fundamentals"},
+		{kind: "news", mode: "upsert", table: "news"},
 	} {
+		if tt.kind != "bars" {
+			src := newKindSource(tt.kind, s.s.seed*7+uint64(i))
+			tt.src = &src
+		}
 		tt.name = testenv.NewTopicWith(t, s.brokers, s.s.partitions, 3, isr2)
 		s.topics = append(s.topics, tt)
 	}
+	s.expect = map[uint64]expectedRow{}
 	s.dlqTopic = testenv.NewTopicWith(t, s.brokers, 3, 3, isr2)
 	s.group = "g-" + s.topics[0].name
 	cl, err := kgo.NewClient(kgo.SeedBrokers(s.brokers...))
@@ -388,9 +402,9 @@ func (pg *ownPG) crash() error {
 func (s *soak) writeSlotConfig(sl *slot) {
 	var topics strings.Builder
 	for _, tt := range s.topics {
-		fmt.Fprintf(&topics, "  - name: %s\n    kind: bars\n    table: %s\n    mode: %s\n    append_only: %v\n",
-			tt.name, tt.table, tt.mode, tt.appendOnly)
-		if tt.mode == "upsert" {
+		fmt.Fprintf(&topics, "  - name: %s\n    kind: %s\n    table: %s\n    mode: %s\n    append_only: %v\n",
+			tt.name, tt.kind, tt.table, tt.mode, tt.appendOnly)
+		if tt.kind == "bars" && tt.mode == "upsert" {
 			topics.WriteString("    tombstones: delete\n")
 		}
 	}
@@ -471,7 +485,10 @@ func (s *soak) launch(sl *slot) {
 	cmd := exec.Command(exe, "run", "-config", sl.cfg, "-log-level", "info")
 	cmd.Env = append(os.Environ(), "KTSINK_E2E_MAIN=1", "KTSINK_FAILPOINT=",
 		"KAFKA_BROKERS="+strings.Join(s.brokers, ","), "DATABASE_URL="+s.dsn)
-	cmd.Stdout, cmd.Stderr = f, f
+	// through a pipe: the dlqfull fault's file size limit is the process's,
+	// and must not cut its log
+	cmd.Stdout = struct{ io.Writer }{f}
+	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		s.t.Fatal(err)
@@ -600,6 +617,7 @@ func (s *soak) produce(ctx context.Context, d time.Duration) <-chan int64 {
 		end := time.Now().Add(d)
 		start := time.Now()
 		var steady int64 // records sent at the steady rate (bursts come on top)
+		var tick int64
 		burstLeft := 0
 		nextBurst := 3000 + rng.IntN(6000)
 		for time.Now().Before(end) && ctx.Err() == nil {
@@ -618,8 +636,16 @@ func (s *soak) produce(ctx context.Context, d time.Duration) <-chan int64 {
 			} else {
 				burstLeft--
 			}
+			tick++
 			for i, tt := range s.topics {
-				r := s.nextRecord(rng, tt, gens[i], &recent)
+				if tt.src != nil && tick%3 != 0 {
+					continue // the other kinds at a third of the bars' rate
+				}
+				var g *loadgen.Bars
+				if i < len(gens) {
+					g = gens[i]
+				}
+				r := s.nextRecord(rng, tt, g, &recent)
 				acked.Add(1)
 				cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
 					cmu.Lock()
@@ -653,7 +679,9 @@ func (s *soak) nextRecord(rng *rand.Rand, tt chaosTopic, g *loadgen.Bars, recent
 	n := s.s.partitions
 	if rng.IntN(100) == 0 { // 1% poison
 		kinds := []string{poisonBadJSON, poisonWrongTyp, poisonNoKey}
-		if tt.mode == "upsert" {
+		if tt.src != nil {
+			kinds = []string{poisonBadJSON}
+		} else if tt.mode == "upsert" {
 			kinds = append(kinds, poisonBadKey)
 			if s.s.oversized {
 				kinds = append(kinds, poisonTooLong)
@@ -683,6 +711,9 @@ func (s *soak) nextRecord(rng *rand.Rand, tt chaosTopic, g *loadgen.Bars, recent
 			r.Value = []byte(fmt.Sprintf(`{"symbol":"%s","ts":"2026-01-02T00:00:00Z","open":1,"high":1,"low":1,"close":1,"volume":5}`, sym))
 		}
 		return r
+	}
+	if tt.src != nil {
+		return s.nextOfKind(tt)
 	}
 	if tt.mode == "upsert" && len(*recent) > 0 && rng.IntN(200) == 0 { // a tombstone of a recent bar
 		b := (*recent)[rng.IntN(len(*recent))]
@@ -831,6 +862,14 @@ func (s *soak) inject(rng *rand.Rand, kind string) {
 				break
 			}
 			time.Sleep(time.Second)
+		}
+	case faultDLQFull:
+		sl := pick()
+		if sl == nil {
+			return
+		}
+		if s.fillDLQDisk(sl, time.Duration(5000+rng.IntN(15000))*time.Millisecond) {
+			s.count(kind)
 		}
 	case faultBroker:
 		node := int32(1 + rng.IntN(3))
@@ -1071,6 +1110,7 @@ func (s *soak) corrupt() {
 		`UPDATE bars_upsert SET close = close + 1 WHERE ctid = (SELECT ctid FROM bars_upsert LIMIT 1)`,
 		`INSERT INTO bars_once SELECT * FROM bars_once LIMIT 1`,
 		`DELETE FROM bars_insert WHERE (symbol, ts) IN (SELECT symbol, ts FROM bars_insert LIMIT 1)`,
+		`UPDATE news SET headline = headline || ' (changed)' WHERE ctid = (SELECT ctid FROM news LIMIT 1)`,
 	} {
 		if tag, err := conn.Exec(ctx, q); err != nil || tag.RowsAffected() == 0 {
 			t.Fatalf("self-test: %s: %v (%d rows)", q, err, tag.RowsAffected())
@@ -1099,7 +1139,7 @@ func (s *soak) expectCorruptionFound() {
 	all := strings.Join(s.violations, "\n")
 	s.violations = nil
 	s.mu.Unlock()
-	for _, want := range []string{"upsert bars_upsert: key", "exactly_once bars_once: record", "insert bars_insert: record",
+	for _, want := range []string{"upsert bars_upsert: key", "exactly_once bars_once: record", "insert bars_insert: record", "upsert news: key",
 		"the dead-letter files holds " + s.topics[2].name} {
 		if !strings.Contains(all, want) {
 			s.t.Errorf("self-test: the checker did not report %q; it reported:\n%s", want, all)
@@ -1145,12 +1185,21 @@ func (w wireBar) bar() loadgen.Bar {
 	return loadgen.Bar{Symbol: w.Symbol, TS: w.TS, Open: w.Open, High: w.High, Low: w.Low, Close: w.Close, Volume: w.Volume}
 }
 
-// op is one good record of a source topic: a bar or a tombstone.
+// op is one good record of a source topic: a value or a tombstone, with
+// the key of its row and the fingerprint of what the row is to hold.
 type op struct {
 	id        recID
-	key       barKey
-	bar       loadgen.Bar
+	key       string
+	fp        string
 	tombstone bool
+}
+
+// barRowKey and barFingerprint are a bar's row key and fingerprint.
+func barRowKey(symbol string, ts time.Time) string { return fmt.Sprintf("%s %d", symbol, ts.UnixMicro()) }
+
+func barFingerprint(b loadgen.Bar) string {
+	return fmt.Sprintf("%s ts=%s open=%v high=%v low=%v close=%v volume=%d", short(b.Symbol), b.TS.UTC().Format(time.RFC3339Nano),
+		b.Open, b.High, b.Low, b.Close, b.Volume)
 }
 
 func (s *soak) check(produced int64) chaosReport {
@@ -1178,22 +1227,7 @@ func (s *soak) check(produced int64) chaosReport {
 				rep.poison[tt.name]++
 				continue
 			}
-			var o op
-			o.id = id
-			if r.Value == nil {
-				var k wireBar
-				if err := json.Unmarshal(r.Key, &k); err != nil {
-					t.Fatalf("checker: tombstone %s with key %q: %v", id, r.Key, err)
-				}
-				o.key, o.tombstone = barKey{k.Symbol, k.TS.UnixMicro()}, true
-			} else {
-				var w wireBar
-				if err := json.Unmarshal(r.Value, &w); err != nil {
-					t.Fatalf("checker: bar %s: %v", id, err)
-				}
-				o.bar = w.bar()
-				o.key = barKey{w.Symbol, w.TS.UnixMicro()}
-			}
+			o := s.opOf(tt, r)
 			good[id] = o
 			opsByTopic[tt.name] = append(opsByTopic[tt.name], o)
 		}
@@ -1273,17 +1307,14 @@ func (s *soak) check(produced int64) chaosReport {
 	}
 	defer conn.Close(context.Background())
 	for _, tt := range s.topics {
-		rows := readBars(t, ctx, conn, tt.table)
+		rows := s.readRows(ctx, conn, tt)
 		for id := range oneCopy {
 			if id.topic != tt.name {
 				continue
 			}
 			rep.oneCopy++
 			o := good[id]
-			landed := o.tombstone
-			for _, b := range rows[o.key] {
-				landed = landed || sameBar(b, o.bar)
-			}
+			landed := o.tombstone || slices.Contains(rows[o.key], o.fp)
 			if !landed {
 				s.violate("overflow drop %s is in one copy of the dead letters only (topic %v, files %v) and not in %s",
 					id, inTopic[id], inFiles[id], tt.table)
@@ -1360,23 +1391,32 @@ func poisonKind(r *kgo.Record) string {
 	return ""
 }
 
-func readBars(t *testing.T, ctx context.Context, conn *pgx.Conn, table string) map[barKey][]loadgen.Bar {
-	rows, err := conn.Query(ctx, `SELECT symbol, ts, open, high, low, close, volume FROM `+pgx.Identifier{table}.Sanitize())
+// readRows reads the table of tt with the checker's own SQL: each row
+// key's rows, as fingerprints.
+func (s *soak) readRows(ctx context.Context, conn *pgx.Conn, tt chaosTopic) map[string][]string {
+	if tt.src != nil {
+		out, err := tt.src.rows(ctx, conn, tt.table)
+		if err != nil {
+			s.t.Fatalf("checker: %v", err)
+		}
+		return out
+	}
+	rows, err := conn.Query(ctx, `SELECT symbol, ts, open, high, low, close, volume FROM `+pgx.Identifier{tt.table}.Sanitize())
 	if err != nil {
-		t.Fatalf("checker: reading %s: %v", table, err)
+		s.t.Fatalf("checker: reading %s: %v", tt.table, err)
 	}
 	defer rows.Close()
-	out := map[barKey][]loadgen.Bar{}
+	out := map[string][]string{}
 	for rows.Next() {
 		var b loadgen.Bar
 		if err := rows.Scan(&b.Symbol, &b.TS, &b.Open, &b.High, &b.Low, &b.Close, &b.Volume); err != nil {
-			t.Fatalf("checker: %v", err)
+			s.t.Fatalf("checker: %v", err)
 		}
-		k := barKey{b.Symbol, b.TS.UnixMicro()}
-		out[k] = append(out[k], b)
+		k := barRowKey(b.Symbol, b.TS)
+		out[k] = append(out[k], barFingerprint(b))
 	}
 	if err := rows.Err(); err != nil {
-		t.Fatalf("checker: %v", err)
+		s.t.Fatalf("checker: %v", err)
 	}
 	return out
 }
@@ -1385,13 +1425,13 @@ func readBars(t *testing.T, ctx context.Context, conn *pgx.Conn, table string) m
 // no row), skipping the records dropped to the dead letters; a dropped
 // record after that last one may be what the table holds (it may have
 // landed before it was dropped on another attempt).
-func (s *soak) checkUpsert(tt chaosTopic, ops []op, dropped map[recID]bool, rows map[barKey][]loadgen.Bar) {
+func (s *soak) checkUpsert(tt chaosTopic, ops []op, dropped map[recID]bool, rows map[string][]string) {
 	type want struct {
 		last    *op  // last op not dropped
 		later   []op // dropped ops after it
 		hasLast bool
 	}
-	wants := map[barKey]*want{}
+	wants := map[string]*want{}
 	for _, o := range ops { // in partition, offset order; one key lives in one partition
 		w := wants[o.key]
 		if w == nil {
@@ -1422,7 +1462,7 @@ func (s *soak) checkUpsert(tt chaosTopic, ops []op, dropped map[recID]bool, rows
 			if o.tombstone {
 				return len(got) == 0
 			}
-			return len(got) == 1 && sameBar(got[0], o.bar)
+			return len(got) == 1 && got[0] == o.fp
 		}
 		ok := !w.hasLast && len(got) == 0 || w.hasLast && matches(*w.last)
 		for _, o := range w.later {
@@ -1431,20 +1471,18 @@ func (s *soak) checkUpsert(tt chaosTopic, ops []op, dropped map[recID]bool, rows
 		if !ok {
 			desc := "none"
 			if w.hasLast {
-				desc = fmt.Sprintf("%s (tombstone %v) %+v", w.last.id, w.last.tombstone, w.last.bar)
+				desc = fmt.Sprintf("%s (tombstone %v) %s", w.last.id, w.last.tombstone, w.last.fp)
 			}
-			var have string
+			have := "no row"
 			if len(got) == 1 {
-				have = fmt.Sprintf("%+v", got[0])
-			} else {
-				have = "no row"
+				have = got[0]
 			}
-			report("key %s %s: table holds %s, want the last record %s", short(k.symbol), time.UnixMicro(k.ts).UTC().Format(time.RFC3339), have, desc)
+			report("key %s: table holds %s, want the last record %s", short(k), have, desc)
 		}
 	}
 	for k := range rows {
 		if wants[k] == nil {
-			report("row %s %s was never produced", short(k.symbol), time.UnixMicro(k.ts).UTC().Format(time.RFC3339))
+			report("row %s was never produced", short(k))
 		}
 	}
 	if bad > 10 {
@@ -1455,7 +1493,7 @@ func (s *soak) checkUpsert(tt chaosTopic, ops []op, dropped map[recID]bool, rows
 // checkAppend: every record once (exactly_once) or at least once (insert;
 // duplicates counted), nothing that was not produced; an overflow drop
 // zero times or once (it may have landed on an earlier attempt).
-func (s *soak) checkAppend(tt chaosTopic, ops []op, dropped map[recID]bool, rows map[barKey][]loadgen.Bar) int {
+func (s *soak) checkAppend(tt chaosTopic, ops []op, dropped map[recID]bool, rows map[string][]string) int {
 	dups, bad := 0, 0
 	report := func(format string, args ...any) {
 		bad++
@@ -1463,28 +1501,28 @@ func (s *soak) checkAppend(tt chaosTopic, ops []op, dropped map[recID]bool, rows
 			s.violate("%s %s: "+format, append([]any{tt.mode, tt.table}, args...)...)
 		}
 	}
-	seen := map[barKey]bool{}
+	seen := map[string]bool{}
 	for _, o := range ops {
 		seen[o.key] = true
 		got := rows[o.key]
-		for _, b := range got {
-			if !sameBar(b, o.bar) {
-				report("%s: row %+v differs from the record %+v", o.id, b, o.bar)
+		for _, fp := range got {
+			if fp != o.fp {
+				report("%s: row %s differs from the record %s", o.id, fp, o.fp)
 				break
 			}
 		}
 		switch {
 		case len(got) == 0 && !dropped[o.id]:
-			report("record %s (%s %s) is missing", o.id, o.bar.Symbol, o.bar.TS.Format(time.RFC3339))
+			report("record %s (%s) is missing", o.id, o.fp)
 		case len(got) > 1 && tt.mode == "exactly_once":
-			report("record %s (%s %s) has %d rows", o.id, o.bar.Symbol, o.bar.TS.Format(time.RFC3339), len(got))
+			report("record %s (%s) has %d rows", o.id, o.fp, len(got))
 		case len(got) > 1:
 			dups += len(got) - 1
 		}
 	}
 	for k := range rows {
 		if !seen[k] {
-			report("row %v was never produced", k)
+			report("row %s was never produced", short(k))
 		}
 	}
 	if bad > 10 {

@@ -149,15 +149,13 @@ func TestEndToEndBuiltInKindsRoundTrip(t *testing.T) {
 	wantBars := map[string]loadgen.Bar{}
 	for g, i := bars.Clone(), 0; i < n; i++ {
 		b := g.Next()
-		wantBars[b.Symbol+b.TS.UTC().String()] = b
+		wantBars[barModel.key(&b)] = b
 	}
 	e.produceGen(topics["bars"], bars, n)
 
 	opts := loadgen.NewOptions(22, 4, 0.3)
 	wantOpts := map[string]loadgen.Option{}
-	optKey := func(o *loadgen.Option) string {
-		return fmt.Sprintf("%s %s %g %s %s", o.Underlying, o.Expiry.Format(time.DateOnly), o.Strike, o.Right, o.TS.UTC())
-	}
+	optKey := optionModel.key
 	for g, i := opts.Clone(), 0; i < n; i++ {
 		o := g.Next()
 		wantOpts[optKey(&o)] = o
@@ -166,9 +164,7 @@ func TestEndToEndBuiltInKindsRoundTrip(t *testing.T) {
 
 	funds := loadgen.NewFundamentals(23, 50, 0.3)
 	wantFunds := map[string]loadgen.Fundamental{}
-	fundKey := func(f *loadgen.Fundamental) string {
-		return f.Symbol + " " + f.Period + " " + f.ReportDate.Format(time.DateOnly)
-	}
+	fundKey := fundamentalModel.key
 	for g, i := funds.Clone(), 0; i < n; i++ {
 		f := g.Next()
 		wantFunds[fundKey(&f)] = f
@@ -198,48 +194,17 @@ func TestEndToEndBuiltInKindsRoundTrip(t *testing.T) {
 		t.Fatalf("connector exit: %v", err)
 	}
 
-	utc := func(ts *time.Time) {
-		if !ts.IsZero() {
-			*ts = ts.UTC()
-		}
-	}
-	t.Run("bars", func(t *testing.T) {
-		compareRows(t, e.db, `SELECT symbol, ts, open, high, low, close, volume FROM bars`,
-			func(r pgx.Rows) (b loadgen.Bar, err error) {
-				err = r.Scan(&b.Symbol, &b.TS, &b.Open, &b.High, &b.Low, &b.Close, &b.Volume)
-				return b, err
-			},
-			func(b *loadgen.Bar) string { return b.Symbol + b.TS.UTC().String() },
-			func(b *loadgen.Bar) { utc(&b.TS) }, wantBars)
-	})
-	t.Run("options", func(t *testing.T) {
-		compareRows(t, e.db, `SELECT underlying, expiry, strike, "right", ts, bid, ask, last, bid_size, ask_size,
-	volume, open_interest, implied_volatility, delta, gamma, theta, vega, rho, underlying_price FROM options`,
-			func(r pgx.Rows) (o loadgen.Option, err error) {
-				err = r.Scan(&o.Underlying, &o.Expiry, &o.Strike, &o.Right, &o.TS, &o.Bid, &o.Ask, &o.Last, &o.BidSize, &o.AskSize,
-					&o.Volume, &o.OpenInterest, &o.ImpliedVolatility, &o.Delta, &o.Gamma, &o.Theta, &o.Vega, &o.Rho, &o.UnderlyingPrice)
-				return o, err
-			},
-			optKey, func(o *loadgen.Option) { utc(&o.TS); utc(&o.Expiry) }, wantOpts)
-	})
-	t.Run("fundamentals", func(t *testing.T) {
-		compareRows(t, e.db, `SELECT symbol, period, report_date, fiscal_year, fiscal_quarter, currency, revenue, net_income,
-	eps, eps_diluted, shares_outstanding, total_assets, total_liabilities, operating_cash_flow, free_cash_flow, extra FROM fundamentals`,
-			func(r pgx.Rows) (f loadgen.Fundamental, err error) {
-				err = r.Scan(&f.Symbol, &f.Period, &f.ReportDate, &f.FiscalYear, &f.FiscalQuarter, &f.Currency, &f.Revenue, &f.NetIncome,
-					&f.EPS, &f.EPSDiluted, &f.SharesOutstanding, &f.TotalAssets, &f.TotalLiabilities, &f.OperatingCashFlow, &f.FreeCashFlow, &f.Extra)
-				return f, err
-			},
-			fundKey, func(f *loadgen.Fundamental) { utc(&f.ReportDate) }, wantFunds)
-	})
-	t.Run("news", func(t *testing.T) {
-		compareRows(t, e.db, `SELECT id, ts, source, headline, symbols, url, body FROM news`,
-			func(r pgx.Rows) (it loadgen.NewsItem, err error) {
-				err = r.Scan(&it.ID, &it.TS, &it.Source, &it.Headline, &it.Symbols, &it.URL, &it.Body)
-				return it, err
-			},
-			func(it *loadgen.NewsItem) string { return it.ID }, func(it *loadgen.NewsItem) { utc(&it.TS) }, wantNews)
-	})
+	t.Run("bars", func(t *testing.T) { compareModel(t, e.db, barModel, "bars", wantBars) })
+	t.Run("options", func(t *testing.T) { compareModel(t, e.db, optionModel, "options", wantOpts) })
+	t.Run("fundamentals", func(t *testing.T) { compareModel(t, e.db, fundamentalModel, "fundamentals", wantFunds) })
+	t.Run("news", func(t *testing.T) { compareModel(t, e.db, newsModel, "news", wantNews) })
+}
+
+// compareModel is compareRows of a built-in kind's table.
+func compareModel[T any](t *testing.T, db *pgx.Conn, m kindModel[T], table string, want map[string]T) {
+	t.Helper()
+	compareRows(t, db, fmt.Sprintf(m.query, pgx.Identifier{table}.Sanitize()),
+		func(r pgx.Rows) (v T, err error) { return v, m.scan(r, &v) }, m.key, m.norm, want)
 }
 
 func mapValues(m map[string]string) func(func(string) bool) {
