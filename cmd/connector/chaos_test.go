@@ -1195,7 +1195,9 @@ type op struct {
 }
 
 // barRowKey and barFingerprint are a bar's row key and fingerprint.
-func barRowKey(symbol string, ts time.Time) string { return fmt.Sprintf("%s %d", symbol, ts.UnixMicro()) }
+func barRowKey(symbol string, ts time.Time) string {
+	return fmt.Sprintf("%s %d", symbol, ts.UnixMicro())
+}
 
 func barFingerprint(b loadgen.Bar) string {
 	return fmt.Sprintf("%s ts=%s open=%v high=%v low=%v close=%v volume=%d", short(b.Symbol), b.TS.UTC().Format(time.RFC3339Nano),
