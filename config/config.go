@@ -134,6 +134,11 @@ type Postgres struct {
 	// StatementTimeout bounds one statement. Default 30s; zero (or
 	// negative) means none.
 	StatementTimeout Duration `yaml:"statement_timeout"`
+	// TimeoutRetries is how many times in a row a batch may end in a
+	// statement timeout (SQLSTATE 57014) before it is split in two; a row
+	// that times out this many times alone is dead-lettered with class
+	// timeout. Default 3; zero or negative is invalid.
+	TimeoutRetries int `yaml:"timeout_retries"`
 	// OffsetsTable stores next offsets in exactly_once mode. Default
 	// "ktsink_offsets"; empty is invalid.
 	OffsetsTable string `yaml:"offsets_table"`

@@ -169,6 +169,8 @@ func TestValidateListsEveryProblem(t *testing.T) {
 	file := writeFile(t, `
 kafka:
   group: ""
+postgres:
+  timeout_retries: 0
 coordinator:
   capacity: -1
   workers: 0
@@ -196,7 +198,7 @@ topics:
 	for _, want := range []string{
 		"kafka.brokers", "kafka.group", "postgres.url", "coordinator.capacity", "coordinator.workers",
 		"coordinator.overflow", "retry.multiplier", "log.level", "dlq.replication_factor", "topics[0].kind",
-		"MDS_COORDINATOR_BATCH_SIZE",
+		"MDS_COORDINATOR_BATCH_SIZE", "postgres.timeout_retries: must be at least 1",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not name %s:\n%s", want, msg)

@@ -74,6 +74,7 @@ var Bindings = []Binding{
 	{Setting: "postgres.schema"},
 	{Setting: "postgres.max_conns"},
 	{Setting: "postgres.statement_timeout"},
+	{Setting: "postgres.timeout_retries"},
 	{Setting: "postgres.offsets_table"},
 	{Setting: "coordinator.capacity", Env: "MDS_COORDINATOR_CAPACITY"},
 	{Setting: "coordinator.high_watermark"},

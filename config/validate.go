@@ -95,6 +95,9 @@ func (pg *Postgres) validate() error {
 	if pg.OffsetsTable == "" {
 		p.add("postgres.offsets_table", "required")
 	}
+	if pg.TimeoutRetries <= 0 {
+		p.add("postgres.timeout_retries", "must be at least 1, got %d", pg.TimeoutRetries)
+	}
 	if pg.MaxConns < 0 {
 		p.add("postgres.max_conns", "must not be negative, got %d", pg.MaxConns)
 	}
