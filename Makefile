@@ -4,7 +4,8 @@
 #                       test with integration tests required, take down what it started
 #   make unit           go test ./... (integration tests skip without their services)
 #   make mutants        apply each deliberate break in testdata/mutants/ and check
-#                       that the tests named in its header catch it
+#                       that the tests named in its header catch it (make test runs
+#                       all but those marked `# slow: yes`, with MUTANTS_FAST=1)
 #   make build          bin/connector
 #   make lint           gofmt, go vet and staticcheck (installed at a pinned version
 #                       into .cache/bin; make test runs it first)
@@ -59,8 +60,9 @@ test: lint
 		GO=$(GO) TEST_TIMEOUT=$(TEST_TIMEOUT) scripts/with-services.sh scripts/test.sh
 
 # Each deliberate break of an invariant in testdata/mutants/ must make the
-# tests its header names fail (make test runs them too): MUTANTS='name-*'
-# picks some.
+# tests its header names fail: MUTANTS='name-*' picks some. make test runs
+# them too, except those whose header says `# slow: yes` (scripts/test.sh
+# sets MUTANTS_FAST=1, which leaves them out); make mutants runs every one.
 mutants:
 	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
 		scripts/with-services.sh scripts/mutants.sh

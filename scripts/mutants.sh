@@ -6,10 +6,13 @@
 #
 #   scripts/mutants.sh                  every mutant
 #   MUTANTS='resume-* fence-*' scripts/mutants.sh   those whose names match
+#   MUTANTS_FAST=1 scripts/mutants.sh   all but the slow ones (make test)
 #
 # A patch's header says what it breaks and what catches it:
 #   # breaks: invariant 4, bounded memory: ...
 #   # killed-by: ./coordinator TestA|TestB
+#   # slow: yes       (optional: its tests take long, so make test leaves
+#                      it to make mutants; their clean run is left out too)
 # The integration tests need the services: run it as `make mutants`.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,13 +37,21 @@ sync_tree() {
 header() { sed -n "s/^# $2: //p" "$1"; }
 
 patches=()
+slow=0
 for p in "$root"/testdata/mutants/*.patch; do
   name=$(basename "$p" .patch)
   for pat in "${pats[@]}"; do
     # shellcheck disable=SC2053
-    if [[ $name == $pat ]]; then patches+=("$p"); break; fi
+    [[ $name == $pat ]] || continue
+    if [ "${MUTANTS_FAST:-}" = 1 ] && [ "$(header "$p" slow)" = yes ]; then
+      slow=$((slow + 1))
+    else
+      patches+=("$p")
+    fi
+    break
   done
 done
+[ $slow -eq 0 ] || echo "mutants: $slow slow ones left out (MUTANTS_FAST=1; make mutants runs them)"
 [ ${#patches[@]} -gt 0 ] || { echo "mutants: none matches '$only'"; exit 2; }
 
 sync_tree
