@@ -30,7 +30,7 @@ type latencyResult struct {
 // measures each record's latency.
 func (w *world) latencyRun(ctx context.Context, o options) (*latencyResult, error) {
 	topic, group, schema := w.name("latency"), w.name("latency"), w.schemaName("latency")
-	defer w.cleanup(ctx, []string{schema}, []string{topic})
+	defer w.cleanup(ctx, []string{schema}, []string{topic}, group)
 	if err := w.createTopics(ctx, nil, topic); err != nil {
 		return nil, err
 	}

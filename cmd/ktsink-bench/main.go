@@ -142,7 +142,29 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	// sharing the cores (a load average above the core count) cuts them
 	// by half or more, so the load averages at start and end are kept.
 	start := time.Now()
+	failed := w.parts(ctx, o, rep, stdout)
+	rep.Meta.Seconds = time.Since(start).Seconds()
+	rep.Meta.LoadAvgEnd = loadAvg()
+	fmt.Fprintf(stdout, "\ntook %s; load average at the end: %s\n", time.Since(start).Round(time.Second), rep.Meta.LoadAvgEnd)
+	if o.jsonPath != "" {
+		if err := rep.write(o.jsonPath); err != nil {
+			failed = append(failed, err)
+		} else {
+			fmt.Fprintf(stdout, "figures written to %s\n", o.jsonPath)
+		}
+	}
+	return errors.Join(append(failed, ctx.Err())...)
+}
+
+// parts runs the selected parts into rep, printing each as it ends, and
+// returns what failed.
+func (w *world) parts(ctx context.Context, o options, rep *report, stdout io.Writer) []error {
 	var failed []error
+	t0 := time.Now()
+	timed := func(part string) {
+		rep.Meta.PartSeconds[part] = time.Since(t0).Seconds()
+		t0 = time.Now()
+	}
 	if o.parts["matrix"] {
 		rep.Rows = w.matrix(ctx, o, stdout)
 		for _, r := range rep.Rows {
@@ -151,6 +173,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 		printMatrix(stdout, rep.Rows)
+		timed("matrix")
 	}
 	if o.parts["latency"] && ctx.Err() == nil {
 		lat, err := w.latencyRun(ctx, o)
@@ -160,6 +183,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			rep.Latency = lat
 			printLatency(stdout, lat)
 		}
+		timed("latency")
 	}
 	if o.parts["memory"] && ctx.Err() == nil {
 		mem, err := w.memory(ctx, o, stdout)
@@ -169,16 +193,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			rep.Memory = mem
 			printMemory(stdout, mem)
 		}
+		timed("memory")
 	}
-	rep.Meta.Seconds = time.Since(start).Seconds()
-	rep.Meta.LoadAvgEnd = loadAvg()
-	fmt.Fprintf(stdout, "took %s; load average at the end: %s\n", time.Since(start).Round(time.Second), rep.Meta.LoadAvgEnd)
-	if o.jsonPath != "" {
-		if err := rep.write(o.jsonPath); err != nil {
-			failed = append(failed, err)
-		} else {
-			fmt.Fprintf(stdout, "figures written to %s\n", o.jsonPath)
-		}
-	}
-	return errors.Join(append(failed, ctx.Err())...)
+	return failed
 }

@@ -87,7 +87,7 @@ func (w *world) runRow(ctx context.Context, r rowSpec, o options) (res rowResult
 		topics = append(topics, topic(k))
 	}
 	cs, ks := w.schemaName(r.id+"-ceiling"), w.schemaName(r.id)
-	defer w.cleanup(ctx, []string{ks}, topics)
+	defer w.cleanup(ctx, []string{ks}, topics, w.name(r.id))
 
 	took, bytes, err := w.ceiling(ctx, r, o.n, cs, topic, o)
 	if err == nil {

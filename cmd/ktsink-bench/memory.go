@@ -77,7 +77,7 @@ func (w *world) memory(ctx context.Context, o options, out io.Writer) (*memoryRe
 func (w *world) memoryPoint(ctx context.Context, o options, budget int64) (memoryPoint, error) {
 	part := "mem-" + strconv.FormatInt(budget>>20, 10)
 	topic, schema := w.name(part), w.schemaName(part)
-	defer w.cleanup(ctx, []string{schema}, []string{topic})
+	defer w.cleanup(ctx, []string{schema}, []string{topic}, topic)
 	n := int((budget*3/2 + 32<<20) / int64(o.recordSize))
 	path, addr, err := w.memorySetup(ctx, o, part, budget, n)
 	if err != nil {
@@ -154,8 +154,10 @@ func (w *world) memorySetup(ctx context.Context, o options, part string, budget 
 	return path, addr, nil
 }
 
-// waitHeld polls the connector's /status until the record bytes it holds
-// are above zero and have not changed for 2 seconds, and returns them.
+// waitHeld polls the connector's /status until what it holds has
+// settled: fetching paused (the high watermark reached) and the record
+// bytes held unchanged for a second, or held and unchanged for 5 seconds
+// (a budget the records cannot reach). It returns the bytes held.
 func waitHeld(ctx context.Context, addr string, p *proc) (int64, error) {
 	var last int64
 	since := time.Now()
@@ -166,9 +168,11 @@ func waitHeld(ctx context.Context, addr string, p *proc) (int64, error) {
 		}
 		st, err := fetchStatus(ctx, addr)
 		if err == nil {
-			if st.HeldBytes != last {
+			still := time.Since(since)
+			switch {
+			case st.HeldBytes != last:
 				last, since = st.HeldBytes, time.Now()
-			} else if last > 0 && time.Since(since) >= 2*time.Second {
+			case last > 0 && (st.Backpressured && still >= time.Second || still >= 5*time.Second):
 				return last, nil
 			}
 		}

@@ -33,6 +33,8 @@ type meta struct {
 	LoadAvgStart string  `json:"load_average_start"`
 	LoadAvgEnd   string  `json:"load_average_end"`
 	Seconds      float64 `json:"seconds"`
+	// PartSeconds is how long each part took.
+	PartSeconds map[string]float64 `json:"part_seconds"`
 }
 
 func newReport(o options) *report {
@@ -40,6 +42,7 @@ func newReport(o options) *report {
 		Date: time.Now().UTC().Format(time.RFC3339), Commit: gitCommit(),
 		N: o.n, Batch: o.batch, Workers: o.workers, Quick: o.quick,
 		Cores: numCPU(), GoVersion: runtime.Version(), LoadAvgStart: loadAvg(),
+		PartSeconds: map[string]float64{},
 	}}
 }
 

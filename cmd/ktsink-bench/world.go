@@ -142,9 +142,9 @@ func (w *world) createSchema(ctx context.Context, schema string) error {
 	return w.exec(ctx, "DROP SCHEMA IF EXISTS "+id+" CASCADE", "CREATE SCHEMA "+id)
 }
 
-// cleanup drops schemas and deletes topics, unless -keep; failures are
-// reported, not returned, as the figures stand anyway.
-func (w *world) cleanup(ctx context.Context, schemas, topics []string) {
+// cleanup drops schemas, deletes topics and consumer groups, unless
+// -keep; failures are reported, not returned, as the figures stand anyway.
+func (w *world) cleanup(ctx context.Context, schemas, topics []string, groups ...string) {
 	if w.keep {
 		return
 	}
@@ -157,6 +157,11 @@ func (w *world) cleanup(ctx context.Context, schemas, topics []string) {
 	if len(topics) > 0 {
 		if _, err := w.adm.DeleteTopics(ctx, topics...); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: deleting topics %v: %v\n", topics, err)
+		}
+	}
+	if len(groups) > 0 {
+		if _, err := w.adm.DeleteGroups(ctx, groups...); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: deleting groups %v: %v\n", groups, err)
 		}
 	}
 }
