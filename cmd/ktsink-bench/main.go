@@ -7,10 +7,11 @@
 //     and, where the database has TimescaleDB, hypertables and upserts
 //     into compressed chunks). Each row runs twice on the same rows: first
 //     the ceiling, the connector's sink alone writing batches of the same
-//     size from 2 writers with no Kafka (staged upserts where the rows
-//     update existing keys), then the connector end to end (bin/connector,
-//     a separate process, timed from its start until the group's committed
-//     offsets reach the log end, which is after the rows are committed).
+//     size from as many writers as the connector has workers (2), with no
+//     Kafka (staged upserts where the rows update existing keys), then the
+//     connector end to end (bin/connector, a separate process, timed from
+//     its start until the group's committed offsets reach the log end,
+//     which is after the rows are committed).
 //     Per row: rows/s, MB/s of record bytes (keys and values), µs of the
 //     connector's CPU per row, its peak RSS and the ratio of the two rates;
 //  2. latency: bars produced at a steady rate; each record's latency runs
@@ -18,8 +19,10 @@
 //     offset passes it (committed offsets polled every 5 ms); p50, p99 and
 //     p99.9;
 //  3. memory: 100 KB records behind a locked table, with coordinator.max_bytes
-//     at two budgets; the peak RSS at each gives the slope (MiB of RSS per
-//     MiB held) and the intercept (the fixed overhead).
+//     at two budgets; the RSS at the stall against the bytes held gives
+//     memory per byte held (the slope) and the fixed overhead (the
+//     intercept), and the peak RSS once the table is unlocked and the
+//     records drain gives the same line against max_bytes, for sizing.
 //
 // The figures are printed as tables and written to a JSON file (-json).
 // A row the database cannot host (no TimescaleDB) is reported as skipped
@@ -127,6 +130,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	o, err := parseFlags(args, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
