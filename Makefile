@@ -12,6 +12,8 @@
 #   make services-up    start (or reuse) PostgreSQL and Kafka for working by hand
 #   make services-down  stop what services-up started (PostgreSQL keeps its data
 #                       for the next services-up; scripts/postgres.sh purge drops it)
+#   make bench          the benchmark matrix against the services (QUICK=1: a
+#                       subset in under 2 minutes); figures also in bench.json
 #   make chaos          the seeded fault-injection soak (cmd/connector/chaos_test.go):
 #                       three brokers and a PostgreSQL of its own, connectors killed,
 #                       stopped, added and removed, backends terminated, PostgreSQL
@@ -111,7 +113,13 @@ demo: build
 	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
 		scripts/with-services.sh $(GO) run ./cmd/ktsink-demo -n $(DEMO_RECORDS) -rate $(DEMO_RATE)
 
-# End-to-end benchmark: rows/s, latency p50/p99, peak RSS, ratio to PostgreSQL alone.
+# End-to-end benchmark (cmd/ktsink-bench): the workload matrix, each row against
+# its own same-run ceiling (the sink alone on the same rows), then latency
+# p50/p99/p99.9 and memory per byte held; an aligned table on stdout and the same
+# figures in $(BENCH_JSON). QUICK=1 runs a subset with small n (under 2 minutes);
+# BENCH_FLAGS passes more flags (-rows bars-new,mixed -only matrix -n 200000 ...).
+BENCH_JSON ?= bench.json
 bench: build
 	$(SERVICES) KAFKA_BROKERS=$(KAFKA_BROKERS) DATABASE_URL='$(DATABASE_URL)' \
-		scripts/with-services.sh $(GO) run ./cmd/ktsink-bench
+		scripts/with-services.sh $(GO) run ./cmd/ktsink-bench \
+		$(if $(filter 1 true yes,$(QUICK)),-quick) -json '$(BENCH_JSON)' $(BENCH_FLAGS)
