@@ -139,6 +139,11 @@ type Postgres struct {
 	// that times out this many times alone is dead-lettered with class
 	// timeout. Default 3; zero or negative is invalid.
 	TimeoutRetries int `yaml:"timeout_retries"`
+	// DirectCompress lets insert-mode hypertables with compression be
+	// copied straight into TimescaleDB's columnstore (direct compress),
+	// where the server offers it (TimescaleDB 2.21 and later). Default
+	// true; false writes rows that the compression policy compresses later.
+	DirectCompress bool `yaml:"direct_compress"`
 	// OffsetsTable stores next offsets in exactly_once mode. Default
 	// "ktsink_offsets"; empty is invalid.
 	OffsetsTable string `yaml:"offsets_table"`

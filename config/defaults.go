@@ -17,7 +17,7 @@ func Default() Config {
 			SessionTimeout: Duration(45 * time.Second), RebalanceTimeout: Duration(60 * time.Second),
 		},
 		Postgres: Postgres{
-			Schema: "public", StatementTimeout: Duration(30 * time.Second), TimeoutRetries: 3,
+			Schema: "public", StatementTimeout: Duration(30 * time.Second), TimeoutRetries: 3, DirectCompress: true,
 			OffsetsTable: "ktsink_offsets",
 		},
 		Coordinator: Coordinator{

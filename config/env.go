@@ -75,6 +75,7 @@ var Bindings = []Binding{
 	{Setting: "postgres.max_conns"},
 	{Setting: "postgres.statement_timeout"},
 	{Setting: "postgres.timeout_retries"},
+	{Setting: "postgres.direct_compress"},
 	{Setting: "postgres.offsets_table"},
 	{Setting: "coordinator.capacity", Env: "MDS_COORDINATOR_CAPACITY"},
 	{Setting: "coordinator.high_watermark"},

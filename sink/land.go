@@ -41,7 +41,10 @@ func (w *Writer) deleteKeys(ctx context.Context, tx pgx.Tx, t *target, rows [][]
 // when it is used more than once in a transaction, and skips the COPY.
 func (w *Writer) land(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, moving bool) error {
 	if !t.upsert {
-		return copyRows(ctx, tx, t, t.id, t.copyTarget, rows)
+		if !t.directCompress.Load() {
+			return copyRows(ctx, tx, t, t.id, t.copyTarget, rows)
+		}
+		return directCompressCopy(ctx, tx, t, rows)
 	}
 	if !moving && !w.cfg.NoCopyFirst && t.copyFirst.try() {
 		landed, err := copyFirst(ctx, tx, t, rows)
@@ -65,6 +68,21 @@ func (w *Writer) land(ctx context.Context, tx pgx.Tx, t *target, rows [][]any, m
 		sql = t.moveStage
 	}
 	_, err := tx.Exec(ctx, sql)
+	return err
+}
+
+// directCompressCopy copies rows into t with TimescaleDB's direct compress
+// on for this COPY only: the setting is local to the transaction, and
+// other tables of the batch are copied in the same one.
+func directCompressCopy(ctx context.Context, tx pgx.Tx, t *target, rows [][]any) error {
+	const set = "SELECT set_config('timescaledb.enable_direct_compress_copy', $1, true)"
+	if _, err := tx.Exec(ctx, set, "on"); err != nil {
+		return err
+	}
+	if err := copyRows(ctx, tx, t, t.id, t.copyTarget, rows); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, set, "off")
 	return err
 }
 

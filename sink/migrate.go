@@ -115,8 +115,36 @@ func (w *Writer) migrateTable(ctx context.Context, tx pgx.Tx, t *target, ext ext
 		if err := ddl.migrate(ctx, t, existed); err != nil {
 			return nil, fmt.Errorf("table %s: %w", t.name, err)
 		}
+		if err := w.chooseDirectCompress(ctx, ddl, t); err != nil {
+			return nil, fmt.Errorf("table %s: %w", t.name, err)
+		}
 	}
 	return nil, nil
+}
+
+// chooseDirectCompress decides whether the COPY of t's batches runs with
+// TimescaleDB's direct compress, which writes compressed batches straight
+// into the columnstore instead of rows a policy compresses later: for an
+// insert-mode hypertable with compression, when the server offers it and
+// the configuration does not turn it off. The server still decides per
+// COPY: it writes plain rows where direct compress does not apply (a
+// unique index, a continuous aggregate before TimescaleDB 2.24), so the
+// rows are the same either way.
+func (w *Writer) chooseDirectCompress(ctx context.Context, ddl hypertableDDL, t *target) error {
+	if t.upsert || !ddl.ext.directCompress || w.cfg.NoDirectCompress {
+		t.directCompress.Store(false)
+		return nil
+	}
+	isHyper, compressed, err := ddl.lookup(ctx, t)
+	if err != nil {
+		return err
+	}
+	on := isHyper && compressed
+	t.directCompress.Store(on)
+	if on {
+		w.log.Info("insert-mode hypertable: batches are copied straight into the columnstore (direct compress)", "table", t.name)
+	}
+	return nil
 }
 
 // createIndex is the CREATE INDEX IF NOT EXISTS statement of ix.

@@ -71,6 +71,11 @@ type Config struct {
 	// NoCopyFirst turns off the plain COPY that upsert batches try first:
 	// every upsert then goes through unnest or the staging table.
 	NoCopyFirst bool
+	// NoDirectCompress turns off TimescaleDB's direct compress, which
+	// Migrate otherwise turns on for the COPY of insert-mode hypertables
+	// with compression, where the server offers it (TimescaleDB 2.21 and
+	// later: timescaledb.enable_direct_compress_copy).
+	NoDirectCompress bool
 }
 
 // DB is the part of pgx the sink uses. *pgxpool.Pool satisfies it (each

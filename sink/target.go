@@ -66,6 +66,11 @@ type target struct {
 	// (22P03).
 	encoderFit atomic.Int32
 
+	// directCompress: the COPY of an insert-mode hypertable with
+	// compression runs with TimescaleDB's direct compress (set by
+	// Migrate: chooseDirectCompress).
+	directCompress atomic.Bool
+
 	topics []string // that land here, for messages
 }
 

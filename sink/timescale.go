@@ -23,6 +23,10 @@ type extension struct {
 	// timescaledb.max_tuples_decompressed_per_dml_transaction exists
 	// (TimescaleDB 2.11 and later).
 	decompressLimit bool
+	// directCompress: the setting timescaledb.enable_direct_compress_copy
+	// exists (TimescaleDB 2.21 and later): a COPY can write compressed
+	// batches straight into the columnstore.
+	directCompress bool
 }
 
 // fn qualifies a TimescaleDB function with the extension's schema.
@@ -48,10 +52,11 @@ func (ts *timescale) detect(ctx context.Context, q interface {
 		return ts.ext, nil
 	}
 	var schema string
-	var limit bool
+	var limit, direct bool
 	err := q.QueryRow(ctx, `SELECT coalesce((SELECT n.nspname::text FROM pg_extension e
 		JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'timescaledb'), ''),
-	EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_tuples_decompressed_per_dml_transaction')`).Scan(&schema, &limit)
+	EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.max_tuples_decompressed_per_dml_transaction'),
+	EXISTS (SELECT 1 FROM pg_settings WHERE name = 'timescaledb.enable_direct_compress_copy')`).Scan(&schema, &limit, &direct)
 	if err != nil {
 		return extension{}, fmt.Errorf("looking for the timescaledb extension: %w", err)
 	}
@@ -60,7 +65,7 @@ func (ts *timescale) detect(ctx context.Context, q interface {
 		ts.log.Info("timescaledb extension absent: tables stay plain PostgreSQL tables, without hypertables or compression")
 		return ts.ext, nil
 	}
-	ts.ext = extension{present: true, schema: pgx.Identifier{schema}.Sanitize(), decompressLimit: limit}
+	ts.ext = extension{present: true, schema: pgx.Identifier{schema}.Sanitize(), decompressLimit: limit, directCompress: direct}
 	return ts.ext, nil
 }
 

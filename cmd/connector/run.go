@@ -185,6 +185,7 @@ func newSink(pool *pgxpool.Pool, cfg config.Config, log *slog.Logger, opts ...si
 		OffsetsTable:     cfg.Postgres.OffsetsTable,
 		StatementTimeout: time.Duration(cfg.Postgres.StatementTimeout),
 		TimeoutRetries:   cfg.Postgres.TimeoutRetries,
+		NoDirectCompress: !cfg.Postgres.DirectCompress,
 	}, append([]sink.Option{sink.WithLogger(log)}, opts...)...)
 	if err != nil {
 		return nil, &usageError{fmt.Errorf("invalid configuration:\n%w", err)}
