@@ -1,56 +1,65 @@
 // Package deploy holds the files for running the connector with Docker
-// Compose: Prometheus's scrape config, Grafana's provisioning and dashboard,
-// and the connector's config. Its tests check them statically, since no
-// container engine runs where the tests do.
+// Compose (Prometheus's scrape config, Grafana's provisioning and
+// dashboard, the connector's config) and on Kubernetes (the kustomize
+// base in kubernetes/). Its tests check them statically, with the
+// libraries Compose and kustomize are built on, since neither a container
+// engine nor a cluster runs where the tests do.
 package deploy
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/metrics"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.yaml.in/yaml/v3"
 )
 
-type compose struct {
-	Services map[string]struct {
-		Image string `yaml:"image"`
-		Build *struct {
-			Context    string `yaml:"context"`
-			Dockerfile string `yaml:"dockerfile"`
-		} `yaml:"build"`
-		Command     []string          `yaml:"command"`
-		Environment map[string]string `yaml:"environment"`
-		Volumes     []string          `yaml:"volumes"`
-		Ports       []string          `yaml:"ports"`
-		DependsOn   any               `yaml:"depends_on"`
-	} `yaml:"services"`
-	Volumes map[string]any `yaml:"volumes"`
-}
-
-func readCompose(t *testing.T) compose {
+// loadCompose loads docker-compose.yml as Docker Compose does, with the
+// compose-spec library: validated against the Compose schema (an unknown
+// or misspelt attribute fails), every profile enabled, relative paths
+// resolved against the repository. The environment is empty: the file
+// interpolates nothing, and must not need the tester's variables.
+func loadCompose(t *testing.T) *types.Project {
 	t.Helper()
-	data, err := os.ReadFile("../docker-compose.yml")
+	root, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c compose
-	dec := yaml.NewDecoder(strings.NewReader(string(data)))
-	if err := dec.Decode(&c); err != nil {
-		t.Fatalf("docker-compose.yml does not parse: %v", err)
+	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
+		WorkingDir:  root,
+		ConfigFiles: []types.ConfigFile{{Filename: filepath.Join(root, "docker-compose.yml")}},
+		Environment: types.Mapping{},
+	}, loader.WithProfiles([]string{"*"}), func(o *loader.Options) { o.SetProjectName("ktsink", true) })
+	if err != nil {
+		t.Fatalf("docker-compose.yml does not load: %v", err)
 	}
-	return c
+	return p
+}
+
+// environment is a service's environment with its values (a variable
+// listed without a value is unset).
+func environment(s types.ServiceConfig) map[string]string {
+	out := map[string]string{}
+	for k, v := range s.Environment {
+		if v != nil {
+			out[k] = *v
+		}
+	}
+	return out
 }
 
 func TestComposeFilesExist(t *testing.T) {
-	c := readCompose(t)
+	c := loadCompose(t)
 	for _, want := range []string{"kafka", "timescaledb", "connector", "loadgen", "prometheus", "grafana"} {
 		if _, ok := c.Services[want]; !ok {
 			t.Errorf("service %s missing", want)
@@ -58,51 +67,74 @@ func TestComposeFilesExist(t *testing.T) {
 	}
 	for name, s := range c.Services {
 		if s.Build != nil {
-			ctx := filepath.Join("..", s.Build.Context)
-			if _, err := os.Stat(filepath.Join(ctx, s.Build.Dockerfile)); err != nil {
-				t.Errorf("%s: build %v: %v", name, s.Build, err)
+			if _, err := os.Stat(filepath.Join(s.Build.Context, s.Build.Dockerfile)); err != nil {
+				t.Errorf("%s: build %s %s: %v", name, s.Build.Context, s.Build.Dockerfile, err)
 			}
 		} else if s.Image == "" {
 			t.Errorf("%s: neither image nor build", name)
 		}
 		for _, v := range s.Volumes {
-			src, _, _ := strings.Cut(v, ":")
-			if strings.HasPrefix(src, ".") {
-				if _, err := os.Stat(filepath.Join("..", src)); err != nil {
-					t.Errorf("%s: mounted %s: %v", name, src, err)
+			switch v.Type {
+			case types.VolumeTypeBind:
+				if _, err := os.Stat(v.Source); err != nil {
+					t.Errorf("%s: mounted %s: %v", name, v.Source, err)
 				}
-			} else if _, ok := c.Volumes[src]; !ok {
-				t.Errorf("%s: named volume %s not declared", name, src)
+			case types.VolumeTypeVolume:
+				if _, ok := c.Volumes[v.Source]; !ok {
+					t.Errorf("%s: named volume %s not declared", name, v.Source)
+				}
+			default:
+				t.Errorf("%s: volume %s of type %s", name, v.Target, v.Type)
+			}
+		}
+		for dep := range s.DependsOn {
+			if _, ok := c.Services[dep]; !ok {
+				t.Errorf("%s depends on %s, which is no service", name, dep)
 			}
 		}
 	}
 }
 
 func TestComposeConnectorSettingsAreOnesItReads(t *testing.T) {
-	c := readCompose(t)
+	c := loadCompose(t)
 	conn := c.Services["connector"]
+	connEnv := environment(conn)
 	for k := range conn.Environment {
 		if !slices.Contains(config.EnvVars, k) {
 			t.Errorf("connector environment %s is not a variable the connector reads", k)
 		}
 	}
-	env := func(k string) (string, bool) { v, ok := conn.Environment[k]; return v, ok }
-	cfg := config.Default()
-	if err := config.ApplyEnv(&cfg, env); err != nil {
-		t.Fatalf("compose environment: %v", err)
+	env := func(k string) (string, bool) { v, ok := connEnv[k]; return v, ok }
+	// the mounted config file, with that environment, must be valid
+	i := slices.Index(conn.Command, "-config")
+	if i < 0 || i+1 >= len(conn.Command) {
+		t.Fatalf("connector command %q names no -config file", conn.Command)
 	}
-	// the mounted config file must be valid with that environment
-	f, err := config.ReadFile("connector.yaml", cfg)
+	var file string
+	for _, v := range conn.Volumes {
+		if v.Target == conn.Command[i+1] && v.Type == types.VolumeTypeBind {
+			file = v.Source
+		}
+	}
+	if file == "" {
+		t.Fatalf("config file %s is not mounted", conn.Command[i+1])
+	}
+	cfg, err := config.Read(&config.Flags{ConfigFile: file}, env, config.Strict)
 	if err != nil {
-		t.Fatal(err)
-	}
-	f.Topics = append([]config.Topic(nil), f.Topics...)
-	if err := f.Validate(); err != nil {
 		t.Fatalf("compose configuration invalid: %v", err)
 	}
-	_, port, _ := strings.Cut(conn.Environment["MDS_METRICS_ADDR"], ":")
-	if !slices.Contains(conn.Ports, port+":"+port) {
-		t.Errorf("metrics port %s not published (ports %v)", port, conn.Ports)
+	_, port, _ := strings.Cut(cfg.Metrics.Addr, ":")
+	if !slices.ContainsFunc(conn.Ports, func(p types.ServicePortConfig) bool {
+		return strconv.Itoa(int(p.Target)) == port && p.Published == port
+	}) {
+		t.Errorf("metrics port %s not published (ports %+v)", port, conn.Ports)
+	}
+	for _, f := range []string{cfg.WAL.Path, cfg.DLQ.File} {
+		if !slices.ContainsFunc(conn.Volumes, func(v types.ServiceVolumeConfig) bool {
+			return v.Type == types.VolumeTypeVolume && strings.HasPrefix(f, v.Target+"/")
+		}) {
+			t.Errorf("%s is not on a named volume", f)
+		}
 	}
 	prom, err := os.ReadFile("prometheus/prometheus.yml")
 	if err != nil {
@@ -111,16 +143,21 @@ func TestComposeConnectorSettingsAreOnesItReads(t *testing.T) {
 	if !strings.Contains(string(prom), "connector:"+port) {
 		t.Errorf("prometheus.yml does not scrape connector:%s", port)
 	}
-	if !strings.Contains(conn.Environment["KAFKA_BROKERS"], "kafka:9092") {
-		t.Errorf("connector brokers %q do not point at the kafka service", conn.Environment["KAFKA_BROKERS"])
+	if !slices.Contains(cfg.Kafka.Brokers, "kafka:9092") {
+		t.Errorf("connector brokers %q do not point at the kafka service", cfg.Kafka.Brokers)
 	}
-	if conn.Environment["POSTGRES_HOST"] != "timescaledb" {
-		t.Errorf("connector database host %q is not the timescaledb service", conn.Environment["POSTGRES_HOST"])
+	if connEnv["POSTGRES_HOST"] != "timescaledb" {
+		t.Errorf("connector database host %q is not the timescaledb service", connEnv["POSTGRES_HOST"])
 	}
-	ts := c.Services["timescaledb"]
+	ts := environment(c.Services["timescaledb"])
 	for _, k := range []string{"POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD"} {
-		if ts.Environment[k] != conn.Environment[k] {
-			t.Errorf("%s differs: timescaledb %q, connector %q", k, ts.Environment[k], conn.Environment[k])
+		if ts[k] != connEnv[k] {
+			t.Errorf("%s differs: timescaledb %q, connector %q", k, ts[k], connEnv[k])
+		}
+	}
+	for _, dep := range []string{"kafka", "timescaledb"} {
+		if d, ok := conn.DependsOn[dep]; !ok || d.Condition != types.ServiceConditionHealthy {
+			t.Errorf("connector does not wait for %s to be healthy", dep)
 		}
 	}
 }
