@@ -29,7 +29,15 @@ func (s *Source) onAssigned(_ context.Context, _ *kgo.Client, assigned map[strin
 	s.mu.Unlock()
 	s.m.Rebalances.WithLabelValues("assigned").Inc()
 	s.log.Info("partitions assigned", "partitions", len(tps), "detail", assigned)
+	s.member.Store(true)
 }
+
+// Member says whether this process holds a current membership of the
+// group: its last join ended in an assignment (of any number of
+// partitions) and it lost nothing since. False while it joins, and after a
+// fence (another process joined with the same kafka.instance_id) until it
+// joins again. /readyz reports it.
+func (s *Source) Member() bool { return s.member.Load() }
 
 // adjustOffsets hands the assigned partitions to the coordinator with what
 // Kafka committed for them and the bounds of their logs, and seeks to the
@@ -145,6 +153,7 @@ func (s *Source) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[strin
 
 // onLost releases partitions without committing anything of them.
 func (s *Source) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]int32) {
+	s.member.Store(false)
 	tps := toTPs(lost)
 	if len(tps) == 0 {
 		return

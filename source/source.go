@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ktsink/connector/config"
@@ -110,6 +111,12 @@ type Source struct {
 	failOnce sync.Once
 	failed   chan struct{} // closed by fail
 	fatal    error
+
+	// member: the group's last session ended in an assignment
+	// (onAssigned, with or without partitions) and nothing was lost since
+	// (onLost: the session expired, or another process joined with this
+	// one's kafka.instance_id and the broker fenced this one).
+	member atomic.Bool
 
 	mu       sync.Mutex
 	assigned int

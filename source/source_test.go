@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ktsink/connector/config"
+	"github.com/ktsink/connector/internal/testenv"
 	"github.com/ktsink/connector/coordinator"
 	"github.com/ktsink/connector/record"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -149,6 +150,12 @@ type member struct {
 
 func startMember(t *testing.T, name string, brokers []string, topic, group string, sink *memSink) *member {
 	t.Helper()
+	return startMemberWith(t, name, brokers, topic, group, sink, nil)
+}
+
+// startMemberWith is startMember with a change to the source's config.
+func startMemberWith(t *testing.T, name string, brokers []string, topic, group string, sink *memSink, change func(*Config)) *member {
+	t.Helper()
 	coord, err := coordinator.New(coordinator.Config{
 		Capacity: 2000, HighWatermark: 1600, LowWatermark: 800, Workers: 2, BatchSize: 200,
 		FlushInterval: 5 * time.Millisecond, Overflow: config.OverflowBlock, RevokeTimeout: 5 * time.Second,
@@ -159,8 +166,12 @@ func startMember(t *testing.T, name string, brokers []string, topic, group strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := New(Config{Brokers: brokers, Group: group, Topics: []string{topic}, MaxPollRecords: 500, PollOnlyRoom: true,
-		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second, CommitInterval: time.Second}, coord, coord, coord)
+	cfg := Config{Brokers: brokers, Group: group, Topics: []string{topic}, MaxPollRecords: 500, PollOnlyRoom: true,
+		SessionTimeout: 6 * time.Second, RebalanceTimeout: 10 * time.Second, CommitInterval: time.Second}
+	if change != nil {
+		change(&cfg)
+	}
+	src, err := New(cfg, coord, coord, coord)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,4 +363,39 @@ func TestMembersShareAndHandOverPartitions(t *testing.T) {
 	per := map[int32]int64{}
 	ends.Each(func(lo kadm.ListedOffset) { per[lo.Partition] = lo.Offset })
 	sink.check(t, 12, per)
+}
+
+// TestFencedMemberIsNotAMember: with static membership, a second process
+// joining with the same kafka.instance_id makes the broker fence the
+// first, which keeps trying to join and is refused while the other holds
+// the id. Member (what /readyz reports) is true once a member is
+// assigned, and turns false on the fenced one, on the real broker.
+func TestFencedMemberIsNotAMember(t *testing.T) {
+	brokers := testenv.Kafka(t)
+	topic := testenv.NewTopic(t, brokers, 2)
+	group := testenv.Name(t, "g")
+	sink := newMemSink()
+	same := func(c *Config) { c.InstanceID = "ktsink-0" }
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(45 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting until %s", what)
+			}
+		}
+	}
+	a := startMemberWith(t, "a", brokers, topic, group, sink, same)
+	defer a.stop()
+	if a.src.Member() {
+		t.Fatal("a member before it joined")
+	}
+	waitFor("the first process is a member", a.src.Member)
+	b := startMemberWith(t, "b", brokers, topic, group, sink, same)
+	defer b.stop()
+	waitFor("the second process, with the same instance id, is a member", b.src.Member)
+	waitFor("the first process, fenced, is no longer a member", func() bool { return !a.src.Member() })
+	time.Sleep(2 * time.Second) // its retries to join are refused: it stays out
+	if a.src.Member() || !b.src.Member() {
+		t.Fatalf("after the fence: first a member %v, second %v; want false, true", a.src.Member(), b.src.Member())
+	}
 }

@@ -32,8 +32,8 @@ func listenHTTP(addr string, reg *prometheus.Registry, coord *coordinator.Coordi
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		var problems []string
-		if _, gen := src.Client().GroupMetadata(); gen < 0 {
-			problems = append(problems, "consumer group not joined")
+		if !src.Member() {
+			problems = append(problems, "not a member of the consumer group (joining, or fenced: another process joined with this kafka.instance_id)")
 		}
 		pctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
