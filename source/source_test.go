@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/ktsink/connector/config"
-	"github.com/ktsink/connector/internal/testenv"
 	"github.com/ktsink/connector/coordinator"
+	"github.com/ktsink/connector/internal/testenv"
 	"github.com/ktsink/connector/record"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
