@@ -32,6 +32,26 @@ func (s *Source) onAssigned(_ context.Context, _ *kgo.Client, assigned map[strin
 	s.member.Store(true)
 }
 
+// GroupProtocol is the consumer group protocol the source runs: the
+// classic one (JoinGroup and SyncGroup, with the cooperative-sticky
+// balancer in the client). Kafka 4's server-side protocol (KIP-848) is
+// not used: franz-go advises it from Kafka 4.3 on, since before that an
+// offset commit can meet STALE_MEMBER_EPOCH in normal operation.
+const GroupProtocol = "classic"
+
+// Membership is what /status says of the source's place in the group.
+type Membership struct {
+	Group      string `json:"group"`
+	Protocol   string `json:"protocol"`
+	InstanceID string `json:"instance_id,omitempty"` // static membership
+	Member     bool   `json:"member"`                // see Member
+}
+
+// Membership returns the group, protocol and static id, and Member.
+func (s *Source) Membership() Membership {
+	return Membership{Group: s.cfg.Group, Protocol: GroupProtocol, InstanceID: s.cfg.InstanceID, Member: s.Member()}
+}
+
 // Member says whether this process holds a current membership of the
 // group: its last join ended in an assignment (of any number of
 // partitions) and it lost nothing since. False while it joins, and after a

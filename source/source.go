@@ -220,6 +220,8 @@ func (s *Source) Client() *kgo.Client { return s.cl }
 // commits what the coordinator reports committable meanwhile. It returns
 // nil when ctx ends.
 func (s *Source) Run(ctx context.Context) error {
+	m := s.Membership()
+	s.log.Info("joining the consumer group", "group", m.Group, "protocol", m.Protocol, "instance_id", m.InstanceID)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.poll(gctx) })
 	g.Go(func() error { s.commitLoop(gctx); return nil })

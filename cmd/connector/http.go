@@ -56,7 +56,10 @@ func listenHTTP(addr string, reg *prometheus.Registry, coord *coordinator.Coordi
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(coord.Status())
+		_ = enc.Encode(struct {
+			coordinator.Status
+			Group source.Membership `json:"consumer_group"`
+		}{coord.Status(), src.Membership()})
 	})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
