@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -201,5 +202,42 @@ WHERE view_schema = $1 AND view_name = 'bars_1h'`, e.schema).Scan(&caggs),
 WHERE hypertable_schema = $1 OR hypertable_name IN (SELECT materialization_hypertable_name FROM timescaledb_information.continuous_aggregates WHERE view_schema = $1)`, e.schema).Scan(&policies))
 	if err != nil || caggs != 1 || policies != 4 {
 		t.Errorf("continuous aggregates %d (want 1), policies %d (want 4: compression of bars, options, readings; refresh of bars_1h): %v", caggs, policies, err)
+	}
+}
+
+// TestEndToEndMigrationWaitsOutALock: a connector that starts while a
+// table it migrates is locked past statement_timeout (57014) retries the
+// migration instead of exiting, and runs once the lock goes. The soak
+// found the connector exiting with status 1 there.
+func TestEndToEndMigrationWaitsOutALock(t *testing.T) {
+	e := newEnv(t, 1)
+	cfg := e.modelConfigWith("lock", "  statement_timeout: 500ms\n",
+		fmt.Sprintf("  - name: %s\n    kind: news\n    table: news\n", e.topic))
+	p := e.start(cfg)
+	p.waitLog(t, "partitions assigned", time.Minute)
+	if err := p.stop(t, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "LOCK TABLE news IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	p = e.start(cfg)
+	p.waitLog(t, "creating tables failed for a transient reason; retrying", time.Minute)
+	time.Sleep(2 * time.Second)
+	if p.exited() {
+		t.Fatalf("the connector exited while the table was locked: %v\n%s", p.err, tail(p.logText(), 20))
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, "partitions assigned", time.Minute)
+	if err := p.stop(t, 30*time.Second); err != nil {
+		t.Fatalf("exit after the lock went: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/ktsink/connector/config"
 	"github.com/ktsink/connector/coordinator"
@@ -106,10 +107,28 @@ func (p *Pipeline) openSink(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := migrate(ctx, p.sink); err != nil {
+	if err := p.migrate(ctx); err != nil {
 		return fmt.Errorf("creating tables: %w", err)
 	}
 	return nil
+}
+
+// migrate runs the migration, again after a transient failure (a table
+// locked past statement_timeout, the database restarting), with
+// exponential backoff and jitter, until it succeeds, fails for another
+// reason, or ctx ends (a signal during start-up).
+func (p *Pipeline) migrate(ctx context.Context) error {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 500*time.Millisecond, 10*time.Second, 0
+	return backoff.RetryNotify(func() error {
+		err := migrate(ctx, p.sink)
+		if err != nil && (!sink.IsRetryable(err) || ctx.Err() != nil) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, backoff.WithContext(b, ctx), func(err error, wait time.Duration) {
+		p.log.Warn("creating tables failed for a transient reason; retrying", "err", err, "in", wait.Round(time.Millisecond))
+	})
 }
 
 // openDeadLetters opens the dead-letter file and the producer of the
