@@ -48,20 +48,12 @@ func TestEndToEndTopicCreatedAgain(t *testing.T) {
 	want := map[barKey]loadgen.Bar{}
 	e.produce(loadgen.NewBars(21, 40, 0), 600, want)
 	cfg := e.writeConfig("recreate", topicOpts{mode: "exactly_once"})
-	p := e.start(cfg)
-	e.waitCaughtUp(2*time.Minute, p)
-	if err := p.stop(t, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	e.runCaughtUp(cfg)
 
 	e.recreateTopic(2)
 	e.produce(loadgen.NewBars(22, 40, 0), 100, want) // new keys, offsets from 0 again
 
-	p = e.start(cfg)
-	e.waitCaughtUp(2*time.Minute, p)
-	if err := p.stop(t, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	p := e.runCaughtUp(cfg)
 	if log := p.logText(); !strings.Contains(log, "topic created again") {
 		t.Fatalf("no log line says the topic was created again:\n%s", tail(log, 30))
 	}
@@ -81,17 +73,13 @@ func TestEndToEndStartPastTheLogEnd(t *testing.T) {
 	want := map[barKey]loadgen.Bar{}
 	e.produce(loadgen.NewBars(21, 40, 0), 600, want)
 	cfg := e.writeConfig("pastend", topicOpts{mode: "exactly_once"})
-	p := e.start(cfg)
-	e.waitCaughtUp(2*time.Minute, p)
-	if err := p.stop(t, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	e.runCaughtUp(cfg)
 	tag, err := e.db.Exec(context.Background(), "UPDATE ktsink_offsets SET next_offset = next_offset + 1000 WHERE topic = $1", e.topic)
 	if err != nil || tag.RowsAffected() != 2 {
 		t.Fatalf("moving the stored offsets past the log end: %v rows, %v; want 2", tag.RowsAffected(), err)
 	}
 
-	p = e.start(cfg)
+	p := e.start(cfg)
 	select {
 	case <-p.done:
 	case <-time.After(90 * time.Second):
@@ -103,11 +91,7 @@ func TestEndToEndStartPastTheLogEnd(t *testing.T) {
 	}
 
 	e.produce(loadgen.NewBars(22, 40, 0), 100, want)
-	p = e.start(cfg, "KAFKA_START_PAST_END=earliest")
-	e.waitCaughtUp(2*time.Minute, p)
-	if err := p.stop(t, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	e.runCaughtUp(cfg, "KAFKA_START_PAST_END=earliest")
 	e.checkTable(want)
 	e.checkStoredAtLogEnd(2)
 }
@@ -141,4 +125,16 @@ func (e *env) checkStoredAtLogEnd(partitions int) {
 	if err := rows.Err(); err != nil || n != partitions {
 		t.Fatalf("%d offsets rows (%v), want %d", n, err, partitions)
 	}
+}
+
+// runCaughtUp starts a connector with the config, waits until the group's
+// committed offsets reach the log end, and stops it (exit 0 required).
+func (e *env) runCaughtUp(cfg string, extraEnv ...string) *proc {
+	e.t.Helper()
+	p := e.start(cfg, extraEnv...)
+	e.waitCaughtUp(2*time.Minute, p)
+	if err := p.stop(e.t, 30*time.Second); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
 }
